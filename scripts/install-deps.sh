@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what the build and the tests need when it is missing: Debian packages (compiler,
+# libraries, the PyTorch/NumPy/Pillow/SentencePiece reference tools) and the npm packages the
+# tokenizer tests compare against. Quiet and quick when everything is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+debs=(build-essential clang pkg-config libjansson-dev
+      python3 python3-torch python3-numpy python3-pil python3-sentencepiece
+      nodejs npm)
+missing=()
+for p in "${debs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-deps: installing Debian packages: ${missing[*]}"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ -f tests/node/package.json ] && [ ! -d tests/node/node_modules ]; then
+    echo "install-deps: installing npm packages for the tokenizer tests"
+    (cd tests/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi

@@ -1,0 +1,50 @@
+/*
+ * kernels.h - compute kernels used by every model: matrix multiplication over any weight type,
+ * and the elementwise / normalisation ops. The scalar reference versions define the results;
+ * SIMD variants (selected at runtime by CPU features, or forced off with use_ref) must match
+ * them within the tolerances of docs/numerics.md.
+ *
+ * Reference semantics of mg_matmul for each weight type:
+ *   F32          : dot in fp32 of x and w
+ *   F16, BF16    : w converted to fp32, dot in fp32
+ *   Q8_0, Q4_0   : x quantized to Q8_0 blocks per row (as llama.cpp does), integer dot per block,
+ *                  sum over blocks of d_w * d_x * isum in fp32
+ */
+#ifndef MG_KERNELS_H
+#define MG_KERNELS_H
+
+#include "internal.h"
+#include "threadpool.h"
+
+typedef struct {
+    bool use_ref; /* force the scalar reference kernels */
+} mg_kernel_opts;
+
+/* Fills the dispatch table once from CPU features (idempotent, thread-safe). */
+void mg_kernels_init(void);
+/* Name of the selected path ("ref", "avx2", "avx512", ...). */
+const char *mg_kernels_isa(void);
+
+/* y[M, N] = x[M, K] . W[N, K]^T   (W row n = output feature n; GGUF ne = {K, N}).
+ * wtype any supported mg_type; K must be a multiple of the type's block size.
+ * work: scratch for quantized activations; size from mg_matmul_work_size (may be NULL if 0). */
+size_t mg_matmul_work_size(int wtype, int64_t M, int64_t K);
+void mg_matmul(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x, const void *w,
+               int wtype, int64_t M, int64_t N, int64_t K, void *work);
+
+/* Copies row `row` of a weight matrix [N, K] of type wtype into dst as fp32 (embedding lookup). */
+void mg_get_row_f32(const void *w, int wtype, int64_t K, int64_t row, float *dst);
+
+/* ==== Ops (in place unless noted); all fp32 ==== */
+void mg_rmsnorm(float *out, const float *x, const float *weight, int64_t n, float eps);
+void mg_layernorm(float *out, const float *x, const float *weight, const float *bias, int64_t n, float eps);
+void mg_softmax(float *x, int64_t n);
+void mg_silu(float *x, int64_t n);
+void mg_gelu(float *x, int64_t n);        /* exact erf form, as torch.nn.GELU() */
+void mg_vec_mul(float *x, const float *y, int64_t n); /* x *= y */
+void mg_vec_add(float *x, const float *y, int64_t n); /* x += y */
+/* NeoX / rotate-half RoPE on one head vector of length head_dim at position pos:
+ * pairs (i, i + head_dim/2), inv_freq[i] = theta^(-2i/head_dim). */
+void mg_rope_neox(float *x, int head_dim, int pos, float theta);
+
+#endif
