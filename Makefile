@@ -12,9 +12,9 @@ BUILD ?= build
 PYTHON ?= /usr/bin/python3
 FUZZ_SECONDS ?= 30
 
-PKGS := jansson
+PKGS := jansson libjpeg libpng libwebp
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -ljansson)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -ljansson -ljpeg -lpng -lwebp)
 
 OPT ?= -O2
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wshadow -Wno-unused-parameter \

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(build-essential clang pkg-config libjansson-dev
+debs=(build-essential clang pkg-config libjansson-dev libjpeg62-turbo-dev libpng-dev libwebp-dev
       python3 python3-torch python3-numpy python3-pil python3-sentencepiece
       nodejs npm)
 missing=()
