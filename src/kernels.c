@@ -1,0 +1,353 @@
+/*
+ * kernels.c - kernel dispatch, the scalar reference matmul for every weight type, and the
+ * elementwise / normalisation ops. The reference kernels define the results (see kernels.h
+ * and docs/numerics.md); SIMD variants are picked once from CPUID/XGETBV, unless the env
+ * variable MINIGPT_FORCE_REF=1 or mg_kernel_opts.use_ref asks for the reference.
+ */
+#include "kernels.h"
+
+#include "kernels_simd.h"
+#include "quant.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#define MG_X86 1
+#endif
+
+/* ==== reference dot products ==== */
+
+static float dot_f32_ref(const float *x, const float *w, int64_t K) {
+    float s = 0.0f;
+    for (int64_t k = 0; k < K; k++) s += x[k] * w[k];
+    return s;
+}
+
+static float dot_f16_ref(const float *x, const mg_fp16 *w, int64_t K) {
+    float s = 0.0f;
+    for (int64_t k = 0; k < K; k++) s += x[k] * mg_fp16_to_fp32(w[k]);
+    return s;
+}
+
+static float dot_bf16_ref(const float *x, const mg_bf16 *w, int64_t K) {
+    float s = 0.0f;
+    for (int64_t k = 0; k < K; k++) s += x[k] * mg_bf16_to_fp32(w[k]);
+    return s;
+}
+
+static float dot_q8_0_ref(const block_q8_0 *x, const block_q8_0 *w, int64_t nb) {
+    float s = 0.0f;
+    for (int64_t i = 0; i < nb; i++) {
+        int32_t isum = 0;
+        for (int j = 0; j < QK8_0; j++) isum += (int32_t)x[i].qs[j] * w[i].qs[j];
+        s += (float)isum * (mg_fp16_to_fp32(w[i].d) * mg_fp16_to_fp32(x[i].d));
+    }
+    return s;
+}
+
+static float dot_q4_0_ref(const block_q8_0 *x, const block_q4_0 *w, int64_t nb) {
+    float s = 0.0f;
+    for (int64_t i = 0; i < nb; i++) {
+        int32_t isum = 0;
+        for (int j = 0; j < QK4_0 / 2; j++) {
+            isum += ((w[i].qs[j] & 0x0f) - 8) * (int32_t)x[i].qs[j];
+            isum += ((w[i].qs[j] >> 4) - 8) * (int32_t)x[i].qs[j + QK4_0 / 2];
+        }
+        s += (float)isum * (mg_fp16_to_fp32(w[i].d) * mg_fp16_to_fp32(x[i].d));
+    }
+    return s;
+}
+
+static void mm_ref(const mg_mm_args *a, int64_t n0, int64_t n1) {
+    const size_t wrow = mg_row_size(a->wtype, a->K);
+    const int64_t nb = a->K / QK8_0;
+    for (int64_t n = n0; n < n1; n++) {
+        const void *wr = (const char *)a->w + (size_t)n * wrow;
+        for (int64_t m = 0; m < a->M; m++) {
+            const float *xr = a->x + m * a->K;
+            const block_q8_0 *xq = a->xq ? (const void *)((const char *)a->xq + (size_t)m * a->xq_stride)
+                                         : NULL;
+            float v = 0.0f;
+            switch (a->wtype) {
+            case MG_TYPE_F32: v = dot_f32_ref(xr, wr, a->K); break;
+            case MG_TYPE_F16: v = dot_f16_ref(xr, wr, a->K); break;
+            case MG_TYPE_BF16: v = dot_bf16_ref(xr, wr, a->K); break;
+            case MG_TYPE_Q8_0: v = dot_q8_0_ref(xq, wr, nb); break;
+            case MG_TYPE_Q4_0: v = dot_q4_0_ref(xq, wr, nb); break;
+            default: v = NAN; break;
+            }
+            a->y[m * a->N + n] = v;
+        }
+    }
+}
+
+static void quantize_q8_0_ref(const float *x, void *y, int64_t k) {
+    mg_quantize_row(MG_TYPE_Q8_0, x, y, k);
+}
+
+/* ==== dispatch ==== */
+
+static const mg_kernel_table ref_table = {
+    "ref", mm_ref, mm_ref, mm_ref, mm_ref, mm_ref, quantize_q8_0_ref,
+};
+static mg_kernel_table sel_table;
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+#ifdef MG_X86
+static uint64_t read_xcr0(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (uint64_t)hi << 32 | lo;
+}
+#endif
+
+typedef struct {
+    bool avx2, avx512; /* usable: CPU support and OS-enabled register state */
+} cpu_caps;
+
+static cpu_caps detect_cpu(void) {
+    cpu_caps c = {false, false};
+#ifdef MG_X86
+    unsigned a, b, cx, d;
+    if (!__get_cpuid(1, &a, &b, &cx, &d)) return c;
+    bool fma = cx >> 12 & 1, osxsave = cx >> 27 & 1, avx = cx >> 28 & 1, f16c = cx >> 29 & 1;
+    if (!osxsave || !avx) return c;
+    uint64_t xcr0 = read_xcr0();
+    bool os_avx = (xcr0 & 0x6) == 0x6;            /* XMM and YMM state */
+    bool os_avx512 = os_avx && (xcr0 & 0xe0) == 0xe0; /* opmask, ZMM_Hi256, Hi16_ZMM */
+    if (__get_cpuid_max(0, NULL) < 7) return c;
+    __cpuid_count(7, 0, a, b, cx, d);
+    bool avx2 = b >> 5 & 1, f = b >> 16 & 1, dq = b >> 17 & 1, bw = b >> 30 & 1, vl = b >> 31 & 1;
+    bool vnni = cx >> 11 & 1;
+    c.avx2 = os_avx && avx2 && fma && f16c;
+    c.avx512 = c.avx2 && os_avx512 && f && dq && bw && vl && vnni;
+#endif
+    return c;
+}
+
+static void init_tables(void) {
+    sel_table = ref_table;
+    const char *e = getenv("MINIGPT_FORCE_REF");
+    if (e && *e && strcmp(e, "0") != 0) return;
+    cpu_caps c = detect_cpu();
+    mg_kernel_table t = ref_table;
+    if (c.avx512 && mg_kernels_fill_avx512(&t)) {
+        sel_table = t;
+        return;
+    }
+    t = ref_table;
+    if (c.avx2 && mg_kernels_fill_avx2(&t)) sel_table = t;
+}
+
+/* Selects the kernels once (idempotent, thread-safe). */
+void mg_kernels_init(void) { pthread_once(&init_once, init_tables); }
+
+/* Name of the selected kernel path. */
+const char *mg_kernels_isa(void) {
+    mg_kernels_init();
+    return sel_table.name;
+}
+
+/* ==== matmul ==== */
+
+/* Scratch bytes for mg_matmul: the Q8_0 copy of x for quantized weights, else 0. */
+size_t mg_matmul_work_size(int wtype, int64_t M, int64_t K) {
+    if (wtype != MG_TYPE_Q8_0 && wtype != MG_TYPE_Q4_0) return 0;
+    if (M <= 0) return 0;
+    size_t row = mg_row_size(MG_TYPE_Q8_0, K), sz;
+    if (!row || !mg_mul_ok(row, (size_t)M, &sz)) return 0;
+    return sz;
+}
+
+typedef struct {
+    const mg_kernel_table *t;
+    mg_mm_args a;
+    mg_mm_fn fn;
+    int64_t tile; /* output columns per scheduling unit */
+} mm_job;
+
+static void quant_task(void *ctx, int64_t i0, int64_t i1, int ith) {
+    mm_job *j = ctx;
+    for (int64_t m = i0; m < i1; m++)
+        j->t->quantize_q8_0(j->a.x + m * j->a.K, (char *)j->a.xq + (size_t)m * j->a.xq_stride,
+                            j->a.K);
+}
+
+static void mm_task(void *ctx, int64_t i0, int64_t i1, int ith) {
+    mm_job *j = ctx;
+    int64_t n0 = i0 * j->tile, n1 = MG_MIN(i1 * j->tile, j->a.N);
+    if (n1 > n0) j->fn(&j->a, n0, n1);
+}
+
+/* y[M, N] = x[M, K] . W[N, K]^T, parallel over output columns (weight rows). */
+void mg_matmul(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x, const void *w,
+               int wtype, int64_t M, int64_t N, int64_t K, void *work) {
+    if (M <= 0 || N <= 0) return;
+    mg_kernels_init();
+    const mg_type_traits *tr = mg_get_type_traits(wtype);
+    mm_job j;
+    j.t = (o && o->use_ref) ? &ref_table : &sel_table;
+    j.a = (mg_mm_args){y, x, NULL, 0, w, wtype, M, N, K};
+    j.tile = 16;
+    switch (wtype) {
+    case MG_TYPE_F32: j.fn = j.t->mm_f32; break;
+    case MG_TYPE_F16: j.fn = j.t->mm_f16; break;
+    case MG_TYPE_BF16: j.fn = j.t->mm_bf16; break;
+    case MG_TYPE_Q8_0: j.fn = j.t->mm_q8_0; break;
+    case MG_TYPE_Q4_0: j.fn = j.t->mm_q4_0; break;
+    default: j.fn = NULL; break;
+    }
+    if (!j.fn || !tr || K <= 0 || K % tr->blck_size) {
+        for (int64_t i = 0; i < M * N; i++) y[i] = NAN; /* misuse: make it visible */
+        return;
+    }
+    void *own = NULL;
+    if (wtype == MG_TYPE_Q8_0 || wtype == MG_TYPE_Q4_0) {
+        size_t ws = mg_matmul_work_size(wtype, M, K);
+        if (!work) work = own = malloc(ws);
+        if (!work) {
+            for (int64_t i = 0; i < M * N; i++) y[i] = NAN;
+            return;
+        }
+        j.a.xq = work;
+        j.a.xq_stride = mg_row_size(MG_TYPE_Q8_0, K);
+        mg_pool_run(pool, M, 8, quant_task, &j);
+    }
+    /* Units of `tile` columns; a part gets at least ~1 MiB of weights or 4 units. */
+    int64_t units = (N + j.tile - 1) / j.tile;
+    size_t unit_bytes = mg_row_size(wtype, K) * (size_t)j.tile * (size_t)M;
+    int64_t min_units = (int64_t)MG_MAX((size_t)1, ((size_t)1 << 18) / MG_MAX(unit_bytes, (size_t)1));
+    mg_pool_run(pool, units, min_units, mm_task, &j);
+    free(own);
+}
+
+/* Converts row `row` of a weight matrix [N, K] of type wtype to fp32. */
+void mg_get_row_f32(const void *w, int wtype, int64_t K, int64_t row, float *dst) {
+    size_t rs = mg_row_size(wtype, K);
+    if (!rs) {
+        for (int64_t k = 0; k < K; k++) dst[k] = NAN;
+        return;
+    }
+    mg_dequantize_row(wtype, (const char *)w + rs * (size_t)row, dst, K);
+}
+
+/* ==== ops ==== */
+
+/* out = weight * (x / sqrt(mean(x^2) + eps)); the sum of squares is accumulated in double
+ * (closer to PyTorch's pairwise fp32 mean than a naive fp32 loop). weight may be NULL. */
+void mg_rmsnorm(float *out, const float *x, const float *weight, int64_t n, float eps) {
+    if (n <= 0) return;
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    const float r = 1.0f / sqrtf((float)(ss / (double)n) + eps);
+    for (int64_t i = 0; i < n; i++) out[i] = weight ? weight[i] * (x[i] * r) : x[i] * r;
+}
+
+/* out = (x - mean) / sqrt(var + eps) * weight + bias, biased variance, two passes in double.
+ * weight / bias may be NULL (1 / 0). */
+void mg_layernorm(float *out, const float *x, const float *weight, const float *bias, int64_t n,
+                  float eps) {
+    if (n <= 0) return;
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++) s += x[i];
+    const double mean = s / (double)n;
+    double v = 0.0;
+    for (int64_t i = 0; i < n; i++) v += (x[i] - mean) * (x[i] - mean);
+    const float rstd = (float)(1.0 / sqrt(v / (double)n + eps));
+    const float meanf = (float)mean;
+    for (int64_t i = 0; i < n; i++) {
+        float t = (x[i] - meanf) * rstd;
+        if (weight) t *= weight[i];
+        if (bias) t += bias[i];
+        out[i] = t;
+    }
+}
+
+/* In-place softmax: exp(x - max) / sum, sum in double. A row that is all -inf (fully masked)
+ * becomes all zeros instead of NaN. */
+void mg_softmax(float *x, int64_t n) {
+    if (n <= 0) return;
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < n; i++)
+        if (x[i] > mx) mx = x[i];
+    if (mx == -INFINITY) {
+        memset(x, 0, (size_t)n * sizeof *x);
+        return;
+    }
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        s += x[i];
+    }
+    const float inv = (float)(1.0 / s);
+    for (int64_t i = 0; i < n; i++) x[i] *= inv;
+}
+
+/* x = x * sigmoid(x), computed as x / (1 + exp(-x)) like torch. */
+void mg_silu(float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
+/* Exact GELU: x * 0.5 * (1 + erf(x / sqrt(2))), as torch.nn.GELU(). */
+void mg_gelu(float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = x[i] * 0.5f * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+}
+
+/* x *= y elementwise. */
+void mg_vec_mul(float *x, const float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] *= y[i];
+}
+
+/* x += y elementwise. */
+void mg_vec_add(float *x, const float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] += y[i];
+}
+
+/* cos/sin table of the last (head_dim, pos, theta) seen by this thread: all heads of a token
+ * share it, so the trigonometry runs once per position instead of once per head. */
+#define ROPE_CACHE_MAX 512
+static _Thread_local struct {
+    int head_dim, pos;
+    float theta;
+    bool valid;
+    float c[ROPE_CACHE_MAX / 2], s[ROPE_CACHE_MAX / 2];
+} rope_cache;
+
+static void rope_cs(int head_dim, int pos, float theta, int i, float *c, float *s) {
+    /* as HF: inv_freq = 1 / theta^(2i/d) in fp32, angle = pos * inv_freq in fp32 */
+    const float inv = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
+    const float ang = (float)pos * inv;
+    *c = (float)cos((double)ang);
+    *s = (float)sin((double)ang);
+}
+
+/* NeoX (rotate-half) RoPE on one head: (x_i, x_{i+d/2}) rotated by pos * theta^(-2i/d). */
+void mg_rope_neox(float *x, int head_dim, int pos, float theta) {
+    if (head_dim < 2) return;
+    const int half = head_dim / 2;
+    const bool cacheable = head_dim <= ROPE_CACHE_MAX;
+    if (cacheable && !(rope_cache.valid && rope_cache.head_dim == head_dim &&
+                       rope_cache.pos == pos && rope_cache.theta == theta)) {
+        for (int i = 0; i < half; i++) rope_cs(head_dim, pos, theta, i, &rope_cache.c[i], &rope_cache.s[i]);
+        rope_cache.head_dim = head_dim;
+        rope_cache.pos = pos;
+        rope_cache.theta = theta;
+        rope_cache.valid = true;
+    }
+    for (int i = 0; i < half; i++) {
+        float c, s;
+        if (cacheable) {
+            c = rope_cache.c[i];
+            s = rope_cache.s[i];
+        } else {
+            rope_cs(head_dim, pos, theta, i, &c, &s);
+        }
+        const float x0 = x[i], x1 = x[i + half];
+        x[i] = x0 * c - x1 * s;
+        x[i + half] = x1 * c + x0 * s;
+    }
+}

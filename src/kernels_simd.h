@@ -1,0 +1,40 @@
+/*
+ * kernels_simd.h - private contract between the kernel dispatcher (kernels.c) and the SIMD
+ * variants (kernels_avx2.c, kernels_avx512.c, each compiled with its own -m flags). A variant
+ * fills a table of matmul range functions, one per weight type, plus an activation quantizer.
+ */
+#ifndef MG_KERNELS_SIMD_H
+#define MG_KERNELS_SIMD_H
+
+#include "kernels.h"
+#include "quant.h"
+
+/* One matmul call: y[M, N] = x[M, K] . W[N, K]^T. For Q8_0/Q4_0 weights xq holds the rows of x
+ * quantized to Q8_0 (row stride xq_stride bytes), for the others x is used. */
+typedef struct {
+    float *y;
+    const float *x;
+    const void *xq;
+    size_t xq_stride;
+    const void *w;
+    int wtype;
+    int64_t M, N, K;
+} mg_mm_args;
+
+/* Computes the output columns n in [n0, n1) for all M rows. Each output element's value must not
+ * depend on n0, n1 or M (thread-count and batch independence). */
+typedef void (*mg_mm_fn)(const mg_mm_args *a, int64_t n0, int64_t n1);
+/* Quantizes k floats (k % 32 == 0) to Q8_0, bytes identical to mg_quantize_row(MG_TYPE_Q8_0). */
+typedef void (*mg_q8_fn)(const float *x, void *y, int64_t k);
+
+typedef struct {
+    const char *name;
+    mg_mm_fn mm_f32, mm_f16, mm_bf16, mm_q8_0, mm_q4_0;
+    mg_q8_fn quantize_q8_0;
+} mg_kernel_table;
+
+/* Fill t with the variant's functions; false when the build lacks the variant. */
+bool mg_kernels_fill_avx2(mg_kernel_table *t);
+bool mg_kernels_fill_avx512(mg_kernel_table *t);
+
+#endif

@@ -1,0 +1,459 @@
+/*
+ * test_kernels.c - matmul for every weight type and every kernel variant the CPU can run, against
+ * a double-precision dot over the dequantized weights (and dequantized Q8_0 activations for the
+ * quantized types); bitwise reproducibility across thread counts; the SIMD activation quantizer
+ * against the reference bytes; the thread pool; ops against PyTorch and RoPE against NumPy
+ * (tests/ref/kernels_ref.py). Tolerances are those of docs/numerics.md.
+ */
+#include "kernels.h"
+#include "kernels_simd.h"
+#include "quant.h"
+#include "test.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ==== thread pool ==== */
+
+typedef struct {
+    atomic_int hits[1000];
+    atomic_int calls;
+    int64_t min_seen;
+} pool_ctx;
+
+static void count_task(void *ctx, int64_t i0, int64_t i1, int ith) {
+    pool_ctx *c = ctx;
+    atomic_fetch_add(&c->calls, 1);
+    for (int64_t i = i0; i < i1; i++) atomic_fetch_add(&c->hits[i], 1 + ith * 0);
+}
+
+static void nested_task(void *ctx, int64_t i0, int64_t i1, int ith) {
+    mg_pool *p = ctx;
+    (void)i0;
+    (void)i1;
+    (void)ith;
+    static pool_ctx inner; /* contents unused: only checks that a nested run completes */
+    mg_pool_run(p, 10, 1, count_task, &inner);
+}
+
+TEST(kernels_pool_covers_range_once) {
+    for (int nt = 1; nt <= 4; nt++) {
+        mg_pool *p = NULL;
+        CHECK(mg_pool_create(&p, nt) == MG_OK);
+        if (!p) return;
+        CHECK_EQ_INT(mg_pool_n_threads(p), nt);
+        const int64_t sizes[] = {1, 2, 3, 7, 64, 999, 1000};
+        for (int rep = 0; rep < 50; rep++) {
+            for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+                static pool_ctx c;
+                memset(&c, 0, sizeof c);
+                int64_t min_chunk = 1 + rep % 5;
+                mg_pool_run(p, sizes[s], min_chunk, count_task, &c);
+                int bad = 0;
+                for (int64_t i = 0; i < sizes[s]; i++) bad += atomic_load(&c.hits[i]) != 1;
+                CHECK_EQ_INT(bad, 0);
+                int64_t parts = sizes[s] / min_chunk;
+                if (parts < 1) parts = 1;
+                if (parts > nt) parts = nt;
+                CHECK(atomic_load(&c.calls) <= parts);
+            }
+        }
+        mg_pool_run(p, 4, 1, nested_task, p); /* must not deadlock */
+        mg_pool_free(p);
+    }
+    static pool_ctx c;
+    memset(&c, 0, sizeof c);
+    mg_pool_run(NULL, 5, 1, count_task, &c);
+    CHECK_EQ_INT(atomic_load(&c.hits[4]), 1);
+}
+
+/* ==== matmul ==== */
+
+static const int mm_types[] = {MG_TYPE_F32, MG_TYPE_F16, MG_TYPE_BF16, MG_TYPE_Q8_0, MG_TYPE_Q4_0};
+
+/* Builds W [N, K] of `type` from random floats and the exact reference y in double:
+ * sum_k xr[m,k] * wr[n,k] where wr is the dequantized W and xr is x, or for the quantized
+ * types x quantized to Q8_0 and dequantized. Also returns sum |xr||wr| per element (scale). */
+typedef struct {
+    void *w;
+    float *x;
+    double *ref, *mag;
+} mm_case;
+
+static bool mm_case_make(mm_case *c, int type, int64_t M, int64_t N, int64_t K, uint64_t seed) {
+    memset(c, 0, sizeof *c);
+    size_t rs = mg_row_size(type, K);
+    c->w = malloc(rs * (size_t)N);
+    c->x = malloc((size_t)(M * K) * sizeof(float));
+    c->ref = malloc((size_t)(M * N) * sizeof(double));
+    c->mag = malloc((size_t)(M * N) * sizeof(double));
+    float *wf = malloc((size_t)K * sizeof(float)), *wd = malloc((size_t)(N * K) * sizeof(float));
+    float *xd = malloc((size_t)(M * K) * sizeof(float));
+    void *xq = malloc(mg_row_size(MG_TYPE_Q8_0, K / 32 * 32 + 32));
+    bool ok = c->w && c->x && c->ref && c->mag && wf && wd && xd && xq;
+    if (ok) {
+        uint64_t rng = seed;
+        for (int64_t i = 0; i < M * K; i++) c->x[i] = test_rng_float(&rng) * 2.0f;
+        for (int64_t n = 0; n < N; n++) {
+            for (int64_t k = 0; k < K; k++) wf[k] = test_rng_float(&rng) * 0.1f;
+            mg_quantize_row(type, wf, (char *)c->w + rs * (size_t)n, K);
+            mg_dequantize_row(type, (char *)c->w + rs * (size_t)n, wd + n * K, K);
+        }
+        for (int64_t m = 0; m < M; m++) {
+            if (type == MG_TYPE_Q8_0 || type == MG_TYPE_Q4_0) {
+                mg_quantize_row(MG_TYPE_Q8_0, c->x + m * K, xq, K);
+                mg_dequantize_row(MG_TYPE_Q8_0, xq, xd + m * K, K);
+            } else {
+                memcpy(xd + m * K, c->x + m * K, (size_t)K * sizeof(float));
+            }
+        }
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t n = 0; n < N; n++) {
+                double s = 0, a = 0;
+                for (int64_t k = 0; k < K; k++) {
+                    s += (double)xd[m * K + k] * wd[n * K + k];
+                    a += fabs((double)xd[m * K + k] * wd[n * K + k]);
+                }
+                c->ref[m * N + n] = s;
+                c->mag[m * N + n] = a;
+            }
+    }
+    free(wf);
+    free(wd);
+    free(xd);
+    free(xq);
+    return ok;
+}
+
+static void mm_case_free(mm_case *c) {
+    free(c->w);
+    free(c->x);
+    free(c->ref);
+    free(c->mag);
+}
+
+/* Relative tolerance (of sum |x w|) from docs/numerics.md: fp32 accumulation of K terms,
+ * plus for quantized types the scale products rounded to fp32. */
+static double mm_tol(int64_t K) { return 8 * 2e-7 * sqrt((double)K); }
+
+static int mm_compare(const float *y, const mm_case *c, int64_t M, int64_t N, int64_t K, double *max_rel) {
+    int bad = 0;
+    for (int64_t i = 0; i < M * N; i++) {
+        double err = fabs((double)y[i] - c->ref[i]);
+        double rel = err / (c->mag[i] + 1e-30);
+        if (rel > *max_rel) *max_rel = rel;
+        if (!(rel <= mm_tol(K))) bad++;
+    }
+    return bad;
+}
+
+static const struct {
+    int64_t M, N, K;
+} mm_shapes[] = {
+    {1, 1, 32}, {1, 37, 32}, {1, 67, 4096}, {3, 33, 64}, {5, 17, 96}, {8, 50, 256},
+    {13, 29, 160}, {4, 130, 512}, {1, 21, 11008}, {3, 9, 45}, {6, 11, 7}, {1, 5, 1},
+};
+
+static mg_kernel_table table_for(int which, bool *have) {
+    mg_kernel_table t;
+    memset(&t, 0, sizeof t);
+    *have = false;
+    if (which == 1) *have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                            mg_kernels_fill_avx2(&t);
+    if (which == 2)
+        *have = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                __builtin_cpu_supports("avx512vnni") && mg_kernels_fill_avx512(&t);
+    return t;
+}
+
+/* The reference kernels (through mg_matmul with use_ref) and each SIMD table run directly. */
+TEST(kernels_matmul_all_types_vs_double) {
+    mg_kernel_opts ref = {true};
+    double worst[3][5] = {{0}};
+    size_t ns = sizeof mm_shapes / sizeof mm_shapes[0];
+    for (size_t s = 0; s < ns; s++) {
+        int64_t M = mm_shapes[s].M, N = mm_shapes[s].N, K = mm_shapes[s].K;
+        if (test_quick() && K > 1024) continue;
+        for (size_t t = 0; t < sizeof mm_types / sizeof mm_types[0]; t++) {
+            int type = mm_types[t];
+            if (K % mg_get_type_traits(type)->blck_size) continue;
+            mm_case c;
+            if (!mm_case_make(&c, type, M, N, K, 1000 + s * 10 + t)) {
+                CHECK_MSG(0, "out of memory");
+                mm_case_free(&c);
+                return;
+            }
+            float *y = malloc((size_t)(M * N) * sizeof(float));
+            size_t ws = mg_matmul_work_size(type, M, K);
+            void *work = ws ? malloc(ws) : NULL;
+            for (int which = 0; which < 3 && y; which++) {
+                double max_rel = 0;
+                if (which == 0) {
+                    mg_matmul(NULL, &ref, y, c.x, c.w, type, M, N, K, work);
+                } else {
+                    bool have;
+                    mg_kernel_table tb = table_for(which, &have);
+                    if (!have) continue;
+                    mg_mm_args a = {y, c.x, work, mg_row_size(MG_TYPE_Q8_0, K), c.w, type, M, N, K};
+                    if (work)
+                        for (int64_t m = 0; m < M; m++)
+                            tb.quantize_q8_0(c.x + m * K, (char *)work + (size_t)m * a.xq_stride, K);
+                    mg_mm_fn fn = type == MG_TYPE_F32    ? tb.mm_f32
+                                  : type == MG_TYPE_F16  ? tb.mm_f16
+                                  : type == MG_TYPE_BF16 ? tb.mm_bf16
+                                  : type == MG_TYPE_Q8_0 ? tb.mm_q8_0
+                                                         : tb.mm_q4_0;
+                    /* split the columns unevenly to exercise range edges */
+                    int64_t cut = N / 3;
+                    fn(&a, 0, cut);
+                    fn(&a, cut, N);
+                }
+                int bad = mm_compare(y, &c, M, N, K, &max_rel);
+                double norm = max_rel / (2e-7 * sqrt((double)K)); /* in units of u*sqrt(K) */
+                if (norm > worst[which][t]) worst[which][t] = norm;
+                CHECK_MSG(bad == 0, "%s type %s M=%lld N=%lld K=%lld: %d bad, max rel err %.3g (tol %.3g)",
+                          which == 0 ? "ref" : which == 1 ? "avx2" : "avx512", mg_type_name(type),
+                          (long long)M, (long long)N, (long long)K, bad, max_rel, mm_tol(K));
+            }
+            free(y);
+            free(work);
+            mm_case_free(&c);
+        }
+    }
+    for (int which = 0; which < 3; which++)
+        printf("    max rel err / (2e-7 sqrt K), %s: f32 %.2f f16 %.2f bf16 %.2f q8_0 %.2f q4_0 %.2f\n",
+               which == 0 ? "ref" : which == 1 ? "avx2" : "avx512", worst[which][0], worst[which][1],
+               worst[which][2], worst[which][3], worst[which][4]);
+}
+
+/* Same output bits for 1, 2 and 3 threads, for the selected path and the reference; and the
+ * M > 1 path gives each row the same bits as a separate M = 1 call. */
+TEST(kernels_matmul_thread_invariant) {
+    const int64_t M = 7, N = 301, K = test_quick() ? 256 : 1024;
+    for (size_t t = 0; t < sizeof mm_types / sizeof mm_types[0]; t++) {
+        int type = mm_types[t];
+        mm_case c;
+        if (!mm_case_make(&c, type, M, N, K, 42 + t)) {
+            CHECK_MSG(0, "out of memory");
+            mm_case_free(&c);
+            return;
+        }
+        float *y[4];
+        for (int i = 0; i < 4; i++) y[i] = malloc((size_t)(M * N) * sizeof(float));
+        void *work = malloc(mg_matmul_work_size(type, M, K) + 1);
+        for (int r = 0; r < 2; r++) {
+            mg_kernel_opts o = {r == 1};
+            for (int nt = 1; nt <= 3; nt++) {
+                mg_pool *p = NULL;
+                CHECK(mg_pool_create(&p, nt) == MG_OK);
+                mg_matmul(p, &o, y[nt - 1], c.x, c.w, type, M, N, K, work);
+                mg_pool_free(p);
+            }
+            CHECK_MSG(memcmp(y[0], y[1], (size_t)(M * N) * 4) == 0, "%s 1 vs 2 threads", mg_type_name(type));
+            CHECK_MSG(memcmp(y[0], y[2], (size_t)(M * N) * 4) == 0, "%s 1 vs 3 threads", mg_type_name(type));
+            int diff = 0;
+            for (int64_t m = 0; m < M; m++) {
+                mg_matmul(NULL, &o, y[3], c.x + m * K, c.w, type, 1, N, K, work);
+                diff += memcmp(y[3], y[0] + m * N, (size_t)N * 4) != 0;
+            }
+            CHECK_MSG(diff == 0, "%s: %d rows differ between M=1 and M=%lld", mg_type_name(type), diff, (long long)M);
+            double max_rel = 0;
+            CHECK_EQ_INT(mm_compare(y[0], &c, M, N, K, &max_rel), 0);
+        }
+        for (int i = 0; i < 4; i++) free(y[i]);
+        free(work);
+        mm_case_free(&c);
+    }
+}
+
+/* The SIMD activation quantizers must produce the reference bytes exactly. */
+TEST(kernels_simd_quantize_q8_0_exact) {
+    const int64_t K = 4096;
+    float *x = malloc(K * sizeof(float));
+    unsigned char *a = malloc(mg_row_size(MG_TYPE_Q8_0, K)), *b = malloc(mg_row_size(MG_TYPE_Q8_0, K));
+    CHECK(x && a && b);
+    int tested = 0;
+    uint64_t rng = 5;
+    for (int which = 1; which < 3 && x && a && b; which++) {
+        bool have;
+        mg_kernel_table tb = table_for(which, &have);
+        if (!have) continue;
+        tested++;
+        for (int it = 0; it < 50; it++) {
+            for (int64_t i = 0; i < K; i++) {
+                x[i] = test_rng_float(&rng) * powf(10.0f, (float)(it % 9) - 4.0f);
+                if (it % 5 == 1) x[i] = (float)((int)(x[i] * 1000) % 9) * 0.5f; /* halves: ties */
+            }
+            if (it == 3) memset(x, 0, 32 * sizeof(float));
+            mg_quantize_row(MG_TYPE_Q8_0, x, a, K);
+            tb.quantize_q8_0(x, b, K);
+            CHECK_MSG(memcmp(a, b, mg_row_size(MG_TYPE_Q8_0, K)) == 0, "%s quantizer differs (it %d)",
+                      tb.name, it);
+        }
+    }
+    if (!tested) CHECK_MSG(1, "no SIMD variant on this CPU");
+    free(x);
+    free(a);
+    free(b);
+}
+
+TEST(kernels_get_row) {
+    const int64_t K = 64;
+    float w[3 * 64], row[64], want[64];
+    uint64_t rng = 3;
+    for (int i = 0; i < 3 * 64; i++) w[i] = test_rng_float(&rng);
+    for (size_t t = 0; t < sizeof mm_types / sizeof mm_types[0]; t++) {
+        size_t rs = mg_row_size(mm_types[t], K);
+        unsigned char buf[3 * 64 * 4];
+        for (int r = 0; r < 3; r++) mg_quantize_row(mm_types[t], w + r * K, buf + r * rs, K);
+        mg_get_row_f32(buf, mm_types[t], K, 2, row);
+        mg_dequantize_row(mm_types[t], buf + 2 * rs, want, K);
+        CHECK(memcmp(row, want, sizeof row) == 0);
+        /* and it is close to the original row */
+        double err = 0;
+        for (int k = 0; k < K; k++) err = fmax(err, fabs(row[k] - w[2 * K + k]));
+        CHECK_MSG(err < 0.15, "%s get_row err %g", mg_type_name(mm_types[t]), err);
+    }
+}
+
+/* ==== ops ==== */
+
+static bool write_floats(const char *path, const float *p, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return false;
+    bool ok = fwrite(p, sizeof *p, n, f) == n;
+    return fclose(f) == 0 && ok;
+}
+
+static float *read_floats(const char *dir, const char *name, size_t n) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    size_t sz = 0;
+    float *p = test_read_file(path, &sz);
+    if (p && sz != n * sizeof(float)) {
+        free(p);
+        return NULL;
+    }
+    return p;
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= m)) m = d; /* NaN propagates */
+    }
+    return m;
+}
+
+TEST(kernels_ops_vs_torch) {
+    enum { R = 6, D = 384 };
+    const char *dir = test_data_dir();
+    static float x[R * D], w[D], b[D], out[R * D], t[R * D];
+    uint64_t rng = 11;
+    for (int i = 0; i < R * D; i++) x[i] = test_rng_float(&rng) * (float)(1 + i / D);
+    for (int i = 0; i < D; i++) {
+        w[i] = 1.0f + 0.5f * test_rng_float(&rng);
+        b[i] = 0.1f * test_rng_float(&rng);
+    }
+    x[5 * D + 1] = 30.0f; /* an outlier row */
+    char px[4096], pw[4096], pb[4096];
+    snprintf(px, sizeof px, "%s/ops_x.f32", dir);
+    snprintf(pw, sizeof pw, "%s/ops_w.f32", dir);
+    snprintf(pb, sizeof pb, "%s/ops_b.f32", dir);
+    CHECK(write_floats(px, x, R * D) && write_floats(pw, w, D) && write_floats(pb, b, D));
+    CHECK_EQ_INT(test_run("%s tests/ref/kernels_ref.py ops %s %s %s %s", test_python(), px, pw, pb, dir), 0);
+    const char *names[] = {"rmsnorm.f32", "layernorm.f32", "softmax.f32", "silu.f32", "gelu.f32"};
+    const double tols[] = {2e-6, 4e-6, 1e-7, 4e-6, 4e-6}; /* docs/numerics.md */
+    for (int k = 0; k < 5; k++) {
+        float *ref = read_floats(dir, names[k], R * D);
+        CHECK_MSG(ref != NULL, "missing %s", names[k]);
+        if (!ref) continue;
+        memcpy(t, x, sizeof t);
+        for (int r = 0; r < R; r++) {
+            float *row = t + r * D;
+            switch (k) {
+            case 0: mg_rmsnorm(out + r * D, row, w, D, 1e-6f); break;
+            case 1: mg_layernorm(out + r * D, row, w, b, D, 1e-5f); break;
+            default:
+                for (int i = 0; i < D; i++) row[i] *= 8.0f;
+                if (k == 2) mg_softmax(row, D);
+                if (k == 3) mg_silu(row, D);
+                if (k == 4) mg_gelu(row, D);
+                memcpy(out + r * D, row, D * sizeof(float));
+            }
+        }
+        /* tolerance relative to the output magnitude */
+        double scale = 0;
+        for (int i = 0; i < R * D; i++) scale = fmax(scale, fabs(ref[i]));
+        double err = max_abs_diff(out, ref, R * D);
+        CHECK_MSG(err <= tols[k] * fmax(scale, 1.0), "%s: max err %.3g (scale %.3g)", names[k], err, scale);
+        free(ref);
+    }
+}
+
+TEST(kernels_ops_closed_form) {
+    float v[4] = {1, 2, 3, 4}, y[4] = {2, 2, 2, 2};
+    mg_vec_mul(v, y, 4);
+    CHECK(v[3] == 8.0f);
+    mg_vec_add(v, y, 4);
+    CHECK(v[0] == 4.0f);
+    float s[3] = {0.0f, logf(2.0f), logf(5.0f)};
+    mg_softmax(s, 3);
+    CHECK_CLOSE(s[0], 0.125, 1e-7);
+    CHECK_CLOSE(s[2], 0.625, 1e-7);
+    float m[2] = {-INFINITY, -INFINITY};
+    mg_softmax(m, 2);
+    CHECK(m[0] == 0.0f && m[1] == 0.0f);
+    float g[3] = {0.0f, 1.0f, -100.0f};
+    mg_gelu(g, 3);
+    CHECK_CLOSE(g[1], 0.841344746, 1e-7); /* Phi(1) */
+    CHECK(g[2] == 0.0f);
+    float si[2] = {0.0f, -200.0f};
+    mg_silu(si, 2);
+    CHECK(si[0] == 0.0f && si[1] == 0.0f && !signbit(si[0]));
+    float r[4] = {3, 4, 0, 0}, o[4];
+    mg_rmsnorm(o, r, NULL, 4, 0.0f); /* rms = 2.5 */
+    CHECK_CLOSE(o[0], 1.2, 1e-6);
+    mg_layernorm(o, r, NULL, NULL, 4, 0.0f);
+    double sum = o[0] + o[1] + o[2] + o[3];
+    CHECK_CLOSE(sum, 0.0, 1e-6);
+}
+
+TEST(kernels_rope_vs_numpy) {
+    const char *dir = test_data_dir();
+    const int hd = 128;
+    const int pos[] = {0, 1, 2, 7, 100, 511, 2047, 4095};
+    const int np_ = (int)(sizeof pos / sizeof pos[0]);
+    static float x[8 * 128], y[8 * 128];
+    uint64_t rng = 21;
+    for (int i = 0; i < np_ * hd; i++) x[i] = test_rng_float(&rng);
+    char px[4096];
+    snprintf(px, sizeof px, "%s/rope_x.f32", dir);
+    CHECK(write_floats(px, x, (size_t)np_ * hd));
+    CHECK_EQ_INT(test_run("%s tests/ref/kernels_ref.py rope %s %s %d %g 0 1 2 7 100 511 2047 4095",
+                          test_python(), px, dir, hd, 10000.0), 0);
+    float *ref = read_floats(dir, "rope.f32", (size_t)np_ * hd);
+    CHECK(ref != NULL);
+    if (!ref) return;
+    memcpy(y, x, sizeof y);
+    int cache_bad = 0;
+    for (int p = 0; p < np_; p++) {
+        float again[128];
+        memcpy(again, x + p * hd, sizeof again);
+        mg_rope_neox(y + p * hd, hd, pos[p], 10000.0f);
+        mg_rope_neox(again, hd, pos[p], 10000.0f); /* same position: served from the cache */
+        cache_bad += memcmp(again, y + p * hd, sizeof again) != 0;
+    }
+    CHECK_EQ_INT(cache_bad, 0);
+    for (int p = 0; p < np_; p++) {
+        /* fp32 angle (as HF) vs float64: error ~ pos * 2^-24 rad per element */
+        double tol = 2e-6 + 1.2e-7 * pos[p] * 2;
+        double err = max_abs_diff(y + p * hd, ref + p * hd, hd);
+        CHECK_MSG(err <= tol, "pos %d: max err %.3g (tol %.3g)", pos[p], err, tol);
+    }
+    free(ref);
+}
