@@ -5,13 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(build-essential clang pkg-config libjansson-dev libjpeg62-turbo-dev libpng-dev libwebp-dev
-      python3 python3-torch python3-numpy python3-pil python3-sentencepiece
-      nodejs npm)
+debs=(build-essential clang pkg-config libjansson-dev zlib1g-dev libjpeg62-turbo-dev libpng-dev libwebp-dev
+      libfreetype-dev fonts-dejavu-core
+      python3 python3-torch python3-numpy python3-pil python3-sentencepiece libopenblas0-pthread)
 missing=()
 for p in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
+# node and npm may come from another source than Debian (then npm is not a Debian package).
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "install-deps: installing Debian packages: ${missing[*]}"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

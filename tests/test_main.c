@@ -3,7 +3,6 @@
  * the arguments), prints PASS/FAIL/SKIP per test and closes with "N passed, N failed, N skipped".
  * --list prints the names. Exit status is 1 if any test failed.
  */
-#define _GNU_SOURCE
 #include "test.h"
 
 #include <errno.h>
