@@ -33,7 +33,7 @@ static bool ensure_ref(const char *cfg) {
     if (*done) return *ok;
     *done = true;
     char p[1024];
-    const char *typ = strcmp(cfg, "tiny") == 0 ? "q4_0" : "f16";
+    const char *typ = strcmp(cfg, "tiny") == 0 ? "q4_0" : "f32";
     struct stat so, ss;
     if (strcmp(cfg, "wide") == 0 && stat(dpath(p, sizeof p, cfg, typ, "_logits.npy"), &so) == 0 &&
         stat("tests/ref/llama_ref.py", &ss) == 0 && so.st_mtime >= ss.st_mtime) {
@@ -312,17 +312,17 @@ TEST(llama_tiny_weight_types) {
     }
 }
 
-TEST(llama_wide_f16) {
+TEST(llama_wide_f32) {
     if (test_quick()) SKIP("real-width model skipped in quick mode");
     if (!ensure_ref("wide")) return;
     ref_data r;
     char p[1024];
-    if (!ref_load(&r, "wide", "f16")) return;
-    mg_model *m = open_model(dpath(p, sizeof p, "wide", "f16", ".gguf"));
+    if (!ref_load(&r, "wide", "f32")) return;
+    mg_model *m = open_model(dpath(p, sizeof p, "wide", "f32", ".gguf"));
     if (m) {
         CHECK_EQ_INT(mg_model_n_embd(m), 4096);
         double e = teacher_forced_err(m, &r, 512);
-        printf("    wide f16 (d=4096, ffn 11008): max rel logits error %.3g\n", e);
+        printf("    wide f32 (d=4096, ffn 11008): max rel logits error %.3g\n", e);
         CHECK_MSG(e <= 1e-4, "wide logits error %.3g > 1e-4", e);
         int n = greedy_match(m, &r);
         CHECK_MSG(n == r.n_tokens - r.n_prompt, "greedy: %d of %d tokens match", n, r.n_tokens - r.n_prompt);

@@ -34,7 +34,7 @@ CONFIGS = {
     "tiny": dict(n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=192, n_ctx=256, eps=1e-6,
                  theta=10000.0, extra_rows=3, n_prompt=12, n_greedy=32, types="f32,f16,bf16,q8_0,q4_0"),
     "wide": dict(n_embd=4096, n_layer=2, n_head=32, n_head_kv=32, n_ff=11008, n_ctx=4096, eps=1e-5,
-                 theta=10000.0, extra_rows=0, n_prompt=8, n_greedy=16, types="f16"),
+                 theta=10000.0, extra_rows=0, n_prompt=8, n_greedy=32, types="f32"),
 }
 
 CORPUS = (
