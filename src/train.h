@@ -1,0 +1,149 @@
+/*
+ * train.h - a trainable fp32 MiniGPT-v2-shaped model: EVA-style ViT (CLS, position embedding,
+ * pre-norm blocks with q/v bias) -> ln_vision -> drop CLS, merge 4 tokens -> linear projection
+ * -> LLaMA decoder (RMSNorm, RoPE on llama.cpp's permuted q/k layout, SwiGLU, untied head).
+ *
+ * All parameters live in one flat fp32 array described by a tensor table whose names are the
+ * inference names (docs/gguf-keys.md for the vision side, llama.cpp's for the LLM), so a saved
+ * checkpoint is a GGUF the engine runs as it is; gradients and the AdamW moments use the same
+ * layout. One call runs forward + backward over one example and accumulates gradients; a step
+ * clips the global gradient norm and applies AdamW to the parameter groups being trained.
+ * A tr_model is used by one thread at a time (it owns its scratch).
+ */
+#ifndef MG_TRAIN_H
+#define MG_TRAIN_H
+
+#include "gguf.h"
+#include "threadpool.h"
+
+typedef struct {
+    /* vision tower */
+    int image_size;   /* S: input [3, S, S]; (S / patch_size)^2 must be a multiple of 4 */
+    int patch_size;   /* P */
+    int v_embd;       /* E */
+    int v_layer;
+    int v_head;
+    int v_ff;
+    float v_eps;      /* block LayerNorms */
+    float post_eps;   /* ln_vision */
+    /* language model */
+    int n_vocab;
+    int n_embd;       /* d */
+    int n_layer;
+    int n_head;
+    int n_head_kv;
+    int n_ff;
+    int n_ctx;        /* longest sequence (text + image rows) */
+    float rms_eps;
+    float rope_theta;
+} tr_config;
+
+/* Parameter groups; a train mask is an OR of them. */
+enum {
+    TR_GROUP_VISION = 1, /* ViT, ln_vision */
+    TR_GROUP_PROJ = 2,   /* mm.proj */
+    TR_GROUP_LLM = 4     /* token_embd, decoder blocks, output_norm, output */
+};
+
+typedef struct {
+    char name[64];     /* GGUF tensor name */
+    int n_dims;
+    int64_t ne[4];     /* GGUF order: ne[0] = row length */
+    int64_t off;       /* offset in floats into the flat arrays */
+    int64_t n;         /* element count */
+    int group;         /* TR_GROUP_* */
+    bool decay;        /* AdamW weight decay applies (matrices other than embeddings) */
+} tr_tensor;
+
+typedef struct tr_cache tr_cache;
+
+typedef struct {
+    tr_config cfg;
+    int n_tensors;
+    tr_tensor *tensors;   /* [n_tensors] */
+    int64_t n_params;
+    float *params;        /* [n_params] */
+    float *grads;         /* [n_params]; entries of frozen groups stay 0 */
+    float *adam_m;        /* [n_params] first moment */
+    float *adam_v;        /* [n_params] second moment */
+    int64_t step;         /* optimizer steps done */
+    int train_mask;       /* groups that receive gradients and updates */
+    mg_pool *pool;        /* owned */
+    tr_cache *cache;      /* activations of the last forward, owned */
+} tr_model;
+
+/* One training example: a sequence of text tokens with the image's rows spliced in before text
+ * token img_pos. Every text token j with mask[j] = 1 (and a predecessor row) is a target: the
+ * loss is the mean cross-entropy of predicting those tokens from the row before them. */
+typedef struct {
+    const float *image;   /* [3, S, S], normalised */
+    const int32_t *ids;   /* [n_text] */
+    const uint8_t *mask;  /* [n_text] */
+    int n_text;
+    int img_pos;          /* 0..n_text */
+} tr_example;
+
+typedef struct {
+    float lr;             /* peak learning rate */
+    float lr_min;         /* end of the cosine */
+    int64_t warmup;       /* linear warm-up steps (0: none) */
+    int64_t total;        /* total steps of the schedule */
+    float beta1, beta2, eps;
+    float weight_decay;   /* decoupled, on tensors with decay = true */
+    float clip;           /* global gradient-norm bound; <= 0: no clipping */
+} tr_opt;
+
+/* Defaults: lr 1e-3 -> 1e-4, warm-up 10 of 200 steps, betas 0.9/0.999, eps 1e-8, wd 0.05, clip 1. */
+tr_opt tr_opt_default(void);
+/* A tiny demo-sized configuration (56x56 images, 4 image rows, 2+2 layers, vocab 320). */
+tr_config tr_config_tiny(void);
+
+/* Parses "proj", "proj+llm" or "all" into a train mask. */
+mg_status tr_parse_mode(const char *s, int *mask, char *err, size_t err_len);
+
+/* Builds a model with weights drawn from seed (matrices and embeddings N(0, 0.02), norm weights
+ * 1, biases 0), train mask "all", and a pool of n_threads. */
+mg_status tr_model_create(tr_model **out, const tr_config *cfg, uint64_t seed, int n_threads, char *err,
+                          size_t err_len);
+/* Frees everything; accepts NULL. */
+void tr_model_free(tr_model *m);
+/* Index of a tensor by name, or -1. */
+int tr_find_tensor(const tr_model *m, const char *name);
+/* Zeroes the gradients. */
+void tr_zero_grad(tr_model *m);
+
+/* Forward over one example; *loss gets the masked mean cross-entropy. When backward is true,
+ * scale * d(loss)/d(param) is ADDED to the gradients of the trained groups (scale = 1 / batch
+ * for a mean over a batch). Fails on a bad example (ids out of range, too long, ...). */
+mg_status tr_forward_backward(tr_model *m, const tr_example *ex, bool backward, float scale, float *loss,
+                              char *err, size_t err_len);
+
+/* After tr_forward_backward: the example's input rows [*L, n_embd] (text embeddings and projected
+ * image rows) and logits [*L, n_vocab]; owned by m, valid until its next call. NULL before any. */
+const float *tr_last_rows(const tr_model *m, int *L);
+const float *tr_last_logits(const tr_model *m);
+
+/* Learning rate at step (0-based): linear warm-up lr * (step + 1) / warmup for step < warmup,
+ * then lr_min + (lr - lr_min) * (1 + cos(pi * p)) / 2 with p = (step - warmup) / (total - warmup)
+ * clamped to [0, 1]. */
+float tr_lr_at(const tr_opt *o, int64_t step);
+/* Global L2 norm of the trained gradients (in double); when max_norm > 0 and the norm exceeds
+ * it, scales them by max_norm / (norm + 1e-6) (torch.nn.utils.clip_grad_norm_). Returns the
+ * norm before clipping. */
+double tr_clip_grad(tr_model *m, float max_norm);
+/* One AdamW update of n values (torch.optim.AdamW): p *= 1 - lr * wd; moments; bias-corrected
+ * step. t is the 1-based step number. */
+void tr_adamw_update(float *p, const float *g, float *mom1, float *mom2, int64_t n, float lr, float beta1,
+                     float beta2, float eps, float wd, int64_t t);
+/* Clip, then AdamW on the trained tensors at the scheduled rate; step++. lr_out / gnorm_out may
+ * be NULL. Gradients are left as they are (call tr_zero_grad before the next accumulation). */
+void tr_step(tr_model *m, const tr_opt *o, float *lr_out, double *gnorm_out);
+
+/* Writes a GGUF the engine can open: the keys of kv_src (e.g. the tokenizer; may be NULL), the
+ * architecture and hyperparameter keys, every parameter (F32), the AdamW moments as
+ * "opt.m.<name>" / "opt.v.<name>" and the step in "train.step". */
+mg_status tr_save(const tr_model *m, const char *path, const gguf_file *kv_src, char *err, size_t err_len);
+/* Reads a file written by tr_save (moments and step when present; else zero). */
+mg_status tr_load(tr_model **out, const char *path, int n_threads, char *err, size_t err_len);
+
+#endif

@@ -1,0 +1,447 @@
+/*
+ * train_ops.c - forward-with-cache and backward of the ops of the trainable model (see
+ * train_ops.h). Reference-quality fp32 code: plain loops, row statistics in double, the matmuls
+ * split over the thread pool by rows (dx) or by output features (dW), so no two workers ever
+ * write the same float and the result does not depend on the number of threads.
+ */
+#include "train_ops.h"
+
+#include "kernels.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ==== Linear ==== */
+
+/* Forward through the engine's fp32 matmul (threaded, SIMD), then the bias. */
+void tr_linear_fwd(mg_pool *pool, float *y, const float *x, const float *W, const float *b, int64_t M,
+                   int64_t N, int64_t K) {
+    static const mg_kernel_opts kopts = {false};
+    mg_kernels_init();
+    mg_matmul(pool, &kopts, y, x, W, MG_TYPE_F32, M, N, K, NULL);
+    if (b)
+        for (int64_t m = 0; m < M; m++) mg_vec_add(y + m * N, b, N);
+}
+
+typedef struct {
+    float *dx, *dW, *db;
+    const float *dy, *x, *W;
+    int64_t M, N, K;
+} lin_bwd_ctx;
+
+/* dx rows [i0, i1): dx[m, :] += sum_n dy[m, n] W[n, :]. */
+static void lin_bwd_dx_task(void *vc, int64_t i0, int64_t i1, int ith) {
+    const lin_bwd_ctx *c = vc;
+    for (int64_t m = i0; m < i1; m++) {
+        float *dxm = c->dx + m * c->K;                 /* [K] */
+        const float *dym = c->dy + m * c->N;           /* [N] */
+        for (int64_t n = 0; n < c->N; n++) {
+            const float g = dym[n];
+            if (g == 0.0f) continue;
+            const float *wn = c->W + n * c->K;         /* [K] */
+            for (int64_t k = 0; k < c->K; k++) dxm[k] += g * wn[k];
+        }
+    }
+}
+
+/* dW rows [i0, i1): dW[n, :] += sum_m dy[m, n] x[m, :]; db[n] += sum_m dy[m, n]. */
+static void lin_bwd_dw_task(void *vc, int64_t i0, int64_t i1, int ith) {
+    const lin_bwd_ctx *c = vc;
+    for (int64_t n = i0; n < i1; n++) {
+        float *dwn = c->dW ? c->dW + n * c->K : NULL;  /* [K] */
+        double bsum = 0.0;
+        for (int64_t m = 0; m < c->M; m++) {
+            const float g = c->dy[m * c->N + n];
+            bsum += g;
+            if (!dwn || g == 0.0f) continue;
+            const float *xm = c->x + m * c->K;         /* [K] */
+            for (int64_t k = 0; k < c->K; k++) dwn[k] += g * xm[k];
+        }
+        if (c->db) c->db[n] += (float)bsum;
+    }
+}
+
+/* Backward of y = x W^T + b; each of dx, dW, db may be NULL. */
+void tr_linear_bwd(mg_pool *pool, float *dx, float *dW, float *db, const float *dy, const float *x,
+                   const float *W, int64_t M, int64_t N, int64_t K) {
+    lin_bwd_ctx c = {dx, dW, db, dy, x, W, M, N, K};
+    if (dx) mg_pool_run(pool, M, 1, lin_bwd_dx_task, &c);
+    if (dW || db) mg_pool_run(pool, N, 1, lin_bwd_dw_task, &c);
+}
+
+/* ==== Normalisations ==== */
+
+/* LayerNorm forward; mean and variance (biased, as PyTorch) accumulated in double. */
+void tr_layernorm_fwd(float *out, float *mean, float *rstd, const float *x, const float *w, const float *b,
+                      int64_t M, int64_t C, float eps) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *xm = x + m * C;
+        double s = 0.0;
+        for (int64_t i = 0; i < C; i++) s += xm[i];
+        const double mu = s / (double)C;
+        double v = 0.0;
+        for (int64_t i = 0; i < C; i++) v += (xm[i] - mu) * (xm[i] - mu);
+        const double r = 1.0 / sqrt(v / (double)C + (double)eps);
+        mean[m] = (float)mu;
+        rstd[m] = (float)r;
+        float *om = out + m * C;
+        for (int64_t i = 0; i < C; i++) om[i] = (float)((xm[i] - mu) * r) * w[i] + b[i];
+    }
+}
+
+/* LayerNorm backward: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dout * w. */
+void tr_layernorm_bwd(float *dx, float *dw, float *db, const float *dout, const float *x, const float *mean,
+                      const float *rstd, const float *w, int64_t M, int64_t C) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *xm = x + m * C, *dm = dout + m * C;
+        const float mu = mean[m], r = rstd[m];
+        double sg = 0.0, sgx = 0.0;
+        for (int64_t i = 0; i < C; i++) {
+            const float xh = (xm[i] - mu) * r, g = dm[i] * w[i];
+            sg += g;
+            sgx += (double)g * xh;
+            if (dw) dw[i] += dm[i] * xh;
+            if (db) db[i] += dm[i];
+        }
+        if (!dx) continue;
+        const float mg = (float)(sg / (double)C), mgx = (float)(sgx / (double)C);
+        float *dxm = dx + m * C;
+        for (int64_t i = 0; i < C; i++) {
+            const float xh = (xm[i] - mu) * r;
+            dxm[i] += r * (dm[i] * w[i] - mg - xh * mgx);
+        }
+    }
+}
+
+/* RMSNorm forward; the mean square is accumulated in double. */
+void tr_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int64_t M, int64_t C, float eps) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *xm = x + m * C;
+        double ss = 0.0;
+        for (int64_t i = 0; i < C; i++) ss += (double)xm[i] * xm[i];
+        const float r = (float)(1.0 / sqrt(ss / (double)C + (double)eps));
+        rstd[m] = r;
+        float *om = out + m * C;
+        for (int64_t i = 0; i < C; i++) om[i] = xm[i] * r * w[i];
+    }
+}
+
+/* RMSNorm backward: dx = r * g - x * r^3 * mean(g * x) with g = dout * w. */
+void tr_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *rstd, const float *w,
+                    int64_t M, int64_t C) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *xm = x + m * C, *dm = dout + m * C;
+        const float r = rstd[m];
+        double sgx = 0.0;
+        for (int64_t i = 0; i < C; i++) {
+            sgx += (double)dm[i] * w[i] * xm[i];
+            if (dw) dw[i] += dm[i] * xm[i] * r;
+        }
+        if (!dx) continue;
+        const float c = (float)(sgx / (double)C) * r * r * r;
+        float *dxm = dx + m * C;
+        for (int64_t i = 0; i < C; i++) dxm[i] += r * dm[i] * w[i] - xm[i] * c;
+    }
+}
+
+/* ==== Elementwise ==== */
+
+/* GELU with the erf evaluated in double. */
+void tr_gelu_fwd(float *out, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = (float)(0.5 * x[i] * (1.0 + erf(x[i] * M_SQRT1_2)));
+}
+
+/* GELU'(x) = Phi(x) + x * phi(x). */
+void tr_gelu_bwd(float *dx, const float *dout, const float *x, int64_t n) {
+    const double inv_sqrt_2pi = 0.3989422804014327;
+    for (int64_t i = 0; i < n; i++) {
+        const double xi = x[i];
+        const double d = 0.5 * (1.0 + erf(xi * M_SQRT1_2)) + xi * inv_sqrt_2pi * exp(-0.5 * xi * xi);
+        dx[i] += (float)(dout[i] * d);
+    }
+}
+
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* SiLU forward. */
+void tr_silu_fwd(float *out, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = x[i] * sigmoidf(x[i]);
+}
+
+/* SiLU'(x) = s * (1 + x * (1 - s)), s = sigmoid(x). */
+void tr_silu_bwd(float *dx, const float *dout, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        const float s = sigmoidf(x[i]);
+        dx[i] += dout[i] * s * (1.0f + x[i] * (1.0f - s));
+    }
+}
+
+/* SwiGLU product forward. */
+void tr_swiglu_fwd(float *out, const float *gate, const float *up, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = gate[i] * sigmoidf(gate[i]) * up[i];
+}
+
+/* SwiGLU product backward. */
+void tr_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gate, const float *up, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        const float s = sigmoidf(gate[i]), sl = gate[i] * s;
+        if (dup) dup[i] += dout[i] * sl;
+        if (dgate) dgate[i] += dout[i] * up[i] * s * (1.0f + gate[i] * (1.0f - s));
+    }
+}
+
+/* One softmax row in place over n values (max-subtracted, sum in double). */
+static void softmax_row(float *y, int64_t n) {
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < n; i++) mx = y[i] > mx ? y[i] : mx;
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        y[i] = expf(y[i] - mx);
+        s += y[i];
+    }
+    const float inv = (float)(1.0 / s);
+    for (int64_t i = 0; i < n; i++) y[i] *= inv;
+}
+
+/* Row softmax forward. */
+void tr_softmax_fwd(float *y, const float *x, int64_t M, int64_t C) {
+    if (y != x) memcpy(y, x, (size_t)(M * C) * sizeof(float));
+    for (int64_t m = 0; m < M; m++) softmax_row(y + m * C, C);
+}
+
+/* Row softmax backward. */
+void tr_softmax_bwd(float *dx, const float *dy, const float *y, int64_t M, int64_t C) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *ym = y + m * C, *dym = dy + m * C;
+        double s = 0.0;
+        for (int64_t i = 0; i < C; i++) s += (double)dym[i] * ym[i];
+        float *dxm = dx + m * C;
+        for (int64_t i = 0; i < C; i++) dxm[i] += ym[i] * (dym[i] - (float)s);
+    }
+}
+
+/* ==== Attention ==== */
+
+/* Same arithmetic as session.c's fill_rope_tables. */
+void tr_rope_tables(float *cs, float *sn, int T, int head_dim, float theta) {
+    const int half = head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        const float inv = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
+        for (int p = 0; p < T; p++) {
+            const float a = (float)p * inv;
+            cs[(size_t)p * half + i] = (float)cos((double)a);
+            sn[(size_t)p * half + i] = (float)sin((double)a);
+        }
+    }
+}
+
+/* Rotation of adjacent pairs by +angle (or -angle when inverse). */
+void tr_rope_apply(float *x, int T, int n_head, int head_dim, const float *cs, const float *sn, bool inverse) {
+    const int half = head_dim / 2;
+    for (int p = 0; p < T; p++) {
+        const float *c = cs + (size_t)p * half, *s = sn + (size_t)p * half;
+        for (int h = 0; h < n_head; h++) {
+            float *v = x + ((size_t)p * n_head + h) * head_dim; /* [head_dim] */
+            for (int i = 0; i < half; i++) {
+                const float x0 = v[2 * i], x1 = v[2 * i + 1], si = inverse ? -s[i] : s[i];
+                v[2 * i] = x0 * c[i] - x1 * si;
+                v[2 * i + 1] = x0 * si + x1 * c[i];
+            }
+        }
+    }
+}
+
+typedef struct {
+    const tr_attn_dims *d;
+    float *out, *att;
+    const float *qr, *kr, *v;
+    /* backward */
+    float *dqr, *dkr, *dv, *rows;
+    const float *dout;
+} attn_ctx;
+
+static inline float dotf(const float *a, const float *b, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* Forward for query heads [h0, h1). */
+static void attn_fwd_task(void *vc, int64_t h0, int64_t h1, int ith) {
+    const attn_ctx *c = vc;
+    const tr_attn_dims *d = c->d;
+    const int T = d->T, hd = d->head_dim, H = d->n_head, Hkv = d->n_head_kv, grp = H / Hkv;
+    const int qs = H * hd, ks = Hkv * hd; /* row strides of q/out and k/v */
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int64_t h = h0; h < h1; h++) {
+        const int g = (int)h / grp;
+        for (int i = 0; i < T; i++) {
+            float *a = c->att + ((size_t)h * T + i) * T; /* [T] */
+            const float *q = c->qr + (size_t)i * qs + h * hd;
+            const int n = d->causal ? i + 1 : T;
+            for (int j = 0; j < n; j++) a[j] = dotf(q, c->kr + (size_t)j * ks + g * hd, hd) * scale;
+            softmax_row(a, n);
+            for (int j = n; j < T; j++) a[j] = 0.0f;
+            float *o = c->out + (size_t)i * qs + h * hd; /* [hd] */
+            memset(o, 0, (size_t)hd * sizeof(float));
+            for (int j = 0; j < n; j++) {
+                const float p = a[j];
+                const float *vj = c->v + (size_t)j * ks + g * hd;
+                for (int e = 0; e < hd; e++) o[e] += p * vj[e];
+            }
+        }
+    }
+}
+
+/* Rotates (when RoPE is on) copies of q and k, then runs every head on the pool. */
+void tr_attn_fwd(mg_pool *pool, const tr_attn_dims *d, float *out, float *qr, float *kr, float *att,
+                 const float *q, const float *k, const float *v) {
+    const size_t T = (size_t)d->T;
+    memcpy(qr, q, T * d->n_head * d->head_dim * sizeof(float));
+    memcpy(kr, k, T * d->n_head_kv * d->head_dim * sizeof(float));
+    if (d->rope_cos) {
+        tr_rope_apply(qr, d->T, d->n_head, d->head_dim, d->rope_cos, d->rope_sin, false);
+        tr_rope_apply(kr, d->T, d->n_head_kv, d->head_dim, d->rope_cos, d->rope_sin, false);
+    }
+    attn_ctx c = {.d = d, .out = out, .att = att, .qr = qr, .kr = kr, .v = v};
+    mg_pool_run(pool, d->n_head, 1, attn_fwd_task, &c);
+}
+
+/* Scratch size of the backward. */
+size_t tr_attn_scratch_floats(const tr_attn_dims *d) {
+    return (size_t)d->T * (size_t)(d->n_head + d->n_head_kv) * d->head_dim + (size_t)d->n_head_kv * d->T;
+}
+
+/* Backward for kv heads [g0, g1) (and all query heads that read them, so no write is shared). */
+static void attn_bwd_task(void *vc, int64_t g0, int64_t g1, int ith) {
+    const attn_ctx *c = vc;
+    const tr_attn_dims *d = c->d;
+    const int T = d->T, hd = d->head_dim, H = d->n_head, Hkv = d->n_head_kv, grp = H / Hkv;
+    const int qs = H * hd, ks = Hkv * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int64_t g = g0; g < g1; g++) {
+        float *da = c->rows + (size_t)g * T; /* [T] d(loss)/d(att row), then d(scores row) */
+        for (int h = (int)g * grp; h < (int)(g + 1) * grp; h++) {
+            for (int i = 0; i < T; i++) {
+                const float *a = c->att + ((size_t)h * T + i) * T;
+                const float *dout = c->dout + (size_t)i * qs + h * hd;
+                const int n = d->causal ? i + 1 : T;
+                double s = 0.0;
+                for (int j = 0; j < n; j++) {
+                    const float *vj = c->v + (size_t)j * ks + g * hd;
+                    da[j] = dotf(dout, vj, hd);
+                    s += (double)da[j] * a[j];
+                    if (c->dv) {
+                        float *dvj = c->dv + (size_t)j * ks + g * hd;
+                        for (int e = 0; e < hd; e++) dvj[e] += a[j] * dout[e];
+                    }
+                }
+                const float *qi = c->qr + (size_t)i * qs + h * hd;
+                float *dqi = c->dqr + (size_t)i * qs + h * hd;
+                for (int j = 0; j < n; j++) {
+                    const float ds = a[j] * (da[j] - (float)s) * scale;
+                    if (ds == 0.0f) continue;
+                    const float *kj = c->kr + (size_t)j * ks + g * hd;
+                    float *dkj = c->dkr + (size_t)j * ks + g * hd;
+                    for (int e = 0; e < hd; e++) {
+                        dqi[e] += ds * kj[e];
+                        dkj[e] += ds * qi[e];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Backward: d(scores) through the softmax, then into the rotated q/k, rotated back, added to dq/dk. */
+void tr_attn_bwd(mg_pool *pool, const tr_attn_dims *d, float *dq, float *dk, float *dv, const float *dout,
+                 const float *qr, const float *kr, const float *v, const float *att, float *scratch) {
+    const size_t nq = (size_t)d->T * d->n_head * d->head_dim, nk = (size_t)d->T * d->n_head_kv * d->head_dim;
+    float *dqr = scratch;          /* [T, H*hd] */
+    float *dkr = scratch + nq;     /* [T, Hkv*hd] */
+    float *rows = dkr + nk;        /* [Hkv, T] */
+    memset(dqr, 0, (nq + nk) * sizeof(float));
+    attn_ctx c = {.d = d, .att = (float *)att, .qr = qr, .kr = kr, .v = v,
+                  .dqr = dqr, .dkr = dkr, .dv = dv, .rows = rows, .dout = dout};
+    mg_pool_run(pool, d->n_head_kv, 1, attn_bwd_task, &c);
+    if (d->rope_cos) {
+        tr_rope_apply(dqr, d->T, d->n_head, d->head_dim, d->rope_cos, d->rope_sin, true);
+        tr_rope_apply(dkr, d->T, d->n_head_kv, d->head_dim, d->rope_cos, d->rope_sin, true);
+    }
+    if (dq) mg_vec_add(dq, dqr, (int64_t)nq);
+    if (dk) mg_vec_add(dk, dkr, (int64_t)nk);
+}
+
+/* ==== Vision input, merge, embedding ==== */
+
+/* im2col for a stride-P P x P convolution over 3 channels. */
+void tr_patchify(float *patches, const float *img, int S, int P) {
+    const int G = S / P, F = 3 * P * P;
+    for (int gy = 0; gy < G; gy++)
+        for (int gx = 0; gx < G; gx++) {
+            float *row = patches + ((size_t)gy * G + gx) * F; /* [3, P, P] */
+            for (int c = 0; c < 3; c++)
+                for (int ky = 0; ky < P; ky++)
+                    memcpy(row + ((size_t)c * P + ky) * P, img + ((size_t)c * S + gy * P + ky) * S + (size_t)gx * P,
+                           (size_t)P * sizeof(float));
+        }
+}
+
+/* CLS prepend + position embedding add. */
+void tr_cls_pos_fwd(float *x, const float *patch, const float *cls, const float *pos, int64_t Np, int64_t E) {
+    for (int64_t e = 0; e < E; e++) x[e] = cls[e] + pos[e];
+    for (int64_t i = 0; i < Np * E; i++) x[E + i] = patch[i] + pos[E + i];
+}
+
+/* Its backward: each input receives its rows of dx. */
+void tr_cls_pos_bwd(float *dpatch, float *dcls, float *dpos, const float *dx, int64_t Np, int64_t E) {
+    if (dcls) mg_vec_add(dcls, dx, E);
+    if (dpos) mg_vec_add(dpos, dx, (1 + Np) * E);
+    if (dpatch) mg_vec_add(dpatch, dx + E, Np * E);
+}
+
+/* Drop CLS, reshape [Np, E] -> [Np/4, 4E] (row-major data is unchanged: a plain copy). */
+void tr_merge4_fwd(float *out, const float *x, int64_t Np, int64_t E) {
+    memcpy(out, x + E, (size_t)(Np * E) * sizeof(float));
+}
+
+/* Inverse reshape of the gradient. */
+void tr_merge4_bwd(float *dx, const float *dout, int64_t Np, int64_t E) { mg_vec_add(dx + E, dout, Np * E); }
+
+/* Row gather. */
+void tr_embed_fwd(float *out, const float *table, const int32_t *ids, int64_t n, int64_t E) {
+    for (int64_t i = 0; i < n; i++) memcpy(out + i * E, table + (int64_t)ids[i] * E, (size_t)E * sizeof(float));
+}
+
+/* Row scatter-add (repeated ids accumulate). */
+void tr_embed_bwd(float *dtable, const float *dout, const int32_t *ids, int64_t n, int64_t E) {
+    for (int64_t i = 0; i < n; i++) mg_vec_add(dtable + (int64_t)ids[i] * E, dout + i * E, E);
+}
+
+/* ==== Loss ==== */
+
+/* Masked mean cross-entropy; gradient (softmax - onehot) / n_masked * scale on masked rows. */
+float tr_cross_entropy(float *dlogits, const float *logits, const int32_t *targets, const uint8_t *mask,
+                       int64_t M, int64_t V, float scale) {
+    int64_t n = 0;
+    for (int64_t m = 0; m < M; m++) n += mask[m] ? 1 : 0;
+    if (n == 0) return 0.0f;
+    double total = 0.0;
+    for (int64_t m = 0; m < M; m++) {
+        if (!mask[m]) continue;
+        const float *l = logits + m * V;
+        float mx = -INFINITY;
+        for (int64_t i = 0; i < V; i++) mx = l[i] > mx ? l[i] : mx;
+        double s = 0.0;
+        for (int64_t i = 0; i < V; i++) s += exp((double)l[i] - mx);
+        const double lse = mx + log(s);
+        total += lse - l[targets[m]];
+        if (dlogits) {
+            float *dl = dlogits + m * V;
+            const double k = (double)scale / (double)n;
+            for (int64_t i = 0; i < V; i++) dl[i] += (float)(exp((double)l[i] - lse) * k);
+            dl[targets[m]] -= (float)k;
+        }
+    }
+    return (float)(total / (double)n);
+}

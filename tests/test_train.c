@@ -1,0 +1,719 @@
+/*
+ * test_train.c - the trainer (src/train_ops.c, src/train.c): every op's forward and backward
+ * against PyTorch autograd (tests/ref/train_ref.py) and against central finite differences in C;
+ * the whole tiny model's loss and every parameter gradient against a PyTorch re-implementation;
+ * AdamW against torch.optim.AdamW; the schedule and clipping; a 200-step overfit; bit-identical
+ * resume from a checkpoint; the "proj" mode leaving other parameters untouched; and a checkpoint
+ * opening in the inference engine.
+ */
+#include "test.h"
+
+#include "synth.h"
+#include "train.h"
+#include "train_ops.h"
+#include "vision.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ==== helpers ==== */
+
+static float *load_npy(const char *dir, const char *name, int64_t *n_out) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s.npy", dir, name);
+    int64_t shape[4];
+    int nd;
+    float *a = test_read_npy_f32(path, shape, &nd);
+    if (a && n_out) {
+        int64_t n = 1;
+        for (int i = 0; i < nd; i++) n *= shape[i];
+        *n_out = n;
+    }
+    if (!a) printf("    cannot read %s\n", path);
+    return a;
+}
+
+/* max |a - b| / max |b| (absolute when b is all zero). */
+static double rel_err(const float *a, const float *b, int64_t n) {
+    double num = 0.0, den = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - b[i]);
+        if (!(e <= num)) num = e; /* NaN propagates */
+        den = fmax(den, fabs((double)b[i]));
+    }
+    return den > 0.0 ? num / den : num;
+}
+
+static const char *ref_script(void) { return "tests/ref/train_ref.py"; }
+
+/* Runs the reference once per process for a command; false (and a skip reason) when unavailable. */
+static bool run_ref(const char *cmd, const char *dir) {
+    int rc = test_run("%s %s %s %s", test_python(), ref_script(), cmd, dir);
+    if (rc != 0) printf("    %s %s %s failed (rc %d)\n", test_python(), ref_script(), cmd, rc);
+    return rc == 0;
+}
+
+static const char *ops_dir(void) {
+    static char dir[4096];
+    static int state; /* 0 = not run, 1 = ok, -1 = failed */
+    if (!state) {
+        snprintf(dir, sizeof dir, "%s/train_ops", test_data_dir());
+        test_run("mkdir -p %s", dir);
+        state = run_ref("ops", dir) ? 1 : -1;
+    }
+    return state > 0 ? dir : NULL;
+}
+
+/* ==== the op table shared by the torch and finite-difference tests ==== */
+
+enum { OP_LINEAR, OP_LAYERNORM, OP_RMSNORM, OP_GELU, OP_SILU, OP_SWIGLU, OP_SOFTMAX, OP_ATTN_LLM, OP_ATTN_VIT,
+       OP_QKV, OP_PATCH, OP_CLSPOS, OP_MERGE4, OP_EMBED, OP_COUNT };
+
+typedef struct {
+    const char *name;
+    int n_in;
+    const char *in[4];
+    int64_t in_n[4];
+    bool has_grad[4]; /* false: the input is data (no gradient) */
+    int64_t out_n;
+} op_desc;
+
+static const op_desc OPS[OP_COUNT] = {
+    {"linear", 3, {"x", "W", "b"}, {45, 63, 7}, {1, 1, 1}, 35},
+    {"layernorm", 3, {"x", "w", "b"}, {48, 12, 12}, {1, 1, 1}, 48},
+    {"rmsnorm", 2, {"x", "w"}, {48, 12}, {1, 1}, 48},
+    {"gelu", 1, {"x"}, {33}, {1}, 33},
+    {"silu", 1, {"x"}, {33}, {1}, 33},
+    {"swiglu", 2, {"g", "u"}, {33, 33}, {1, 1}, 33},
+    {"softmax", 1, {"x"}, {36}, {1}, 36},
+    {"attn_llm", 3, {"q", "k", "v"}, {192, 96, 96}, {1, 1, 1}, 192},
+    {"attn_vit", 3, {"q", "k", "v"}, {60, 60, 60}, {1, 1, 1}, 60},
+    {"qkv", 4, {"x", "W", "qb", "vb"}, {30, 108, 6, 6}, {1, 1, 1, 1}, 90},
+    {"patch", 3, {"img", "W", "b"}, {3 * 28 * 28, 5 * 588, 5}, {0, 1, 1}, 20},
+    {"clspos", 3, {"patch", "cls", "pos"}, {24, 3, 27}, {1, 1, 1}, 27},
+    {"merge4", 1, {"x"}, {27}, {1}, 24},
+    {"embed", 1, {"table"}, {24}, {1}, 20},
+};
+
+static const int32_t EMBED_IDS[5] = {3, 0, 3, 5, 1};
+
+/* Scratch for the ops (sized for the largest shapes above). */
+typedef struct {
+    float a[8192], b[8192], c[8192], d[8192];
+} op_scratch;
+
+static void attn_dims(int op, tr_attn_dims *d, float *cs, float *sn) {
+    memset(d, 0, sizeof *d);
+    if (op == OP_ATTN_LLM) {
+        d->T = 6; d->n_head = 4; d->n_head_kv = 2; d->head_dim = 8; d->causal = true;
+        tr_rope_tables(cs, sn, 6, 8, 100.0f);
+        d->rope_cos = cs;
+        d->rope_sin = sn;
+    } else {
+        d->T = 5; d->n_head = 2; d->n_head_kv = 2; d->head_dim = 6;
+    }
+}
+
+static void op_forward(int op, float *const *in, float *y, op_scratch *s) {
+    switch (op) {
+    case OP_LINEAR: tr_linear_fwd(NULL, y, in[0], in[1], in[2], 5, 7, 9); break;
+    case OP_LAYERNORM: tr_layernorm_fwd(y, s->a, s->b, in[0], in[1], in[2], 4, 12, 1e-6f); break;
+    case OP_RMSNORM: tr_rmsnorm_fwd(y, s->a, in[0], in[1], 4, 12, 1e-5f); break;
+    case OP_GELU: tr_gelu_fwd(y, in[0], 33); break;
+    case OP_SILU: tr_silu_fwd(y, in[0], 33); break;
+    case OP_SWIGLU: tr_swiglu_fwd(y, in[0], in[1], 33); break;
+    case OP_SOFTMAX: tr_softmax_fwd(y, in[0], 4, 9); break;
+    case OP_ATTN_LLM:
+    case OP_ATTN_VIT: {
+        tr_attn_dims d;
+        float cs[64], sn[64];
+        attn_dims(op, &d, cs, sn);
+        tr_attn_fwd(NULL, &d, y, s->a, s->b, s->c, in[0], in[1], in[2]);
+        break;
+    }
+    case OP_QKV: /* three row blocks of W, k without bias, interleaved into y[5, 18] */
+        for (int p = 0; p < 3; p++) {
+            tr_linear_fwd(NULL, s->a, in[0], in[1] + p * 36, p == 0 ? in[2] : p == 2 ? in[3] : NULL, 5, 6, 6);
+            for (int r = 0; r < 5; r++) memcpy(y + r * 18 + p * 6, s->a + r * 6, 6 * sizeof(float));
+        }
+        break;
+    case OP_PATCH:
+        tr_patchify(s->a, in[0], 28, 14);
+        tr_linear_fwd(NULL, y, s->a, in[1], in[2], 4, 5, 588);
+        break;
+    case OP_CLSPOS: tr_cls_pos_fwd(y, in[0], in[1], in[2], 8, 3); break;
+    case OP_MERGE4: tr_merge4_fwd(y, in[0], 8, 3); break;
+    case OP_EMBED: tr_embed_fwd(y, in[0], EMBED_IDS, 5, 4); break;
+    }
+}
+
+/* Gradients of sum(y * dy) into din (accumulated; caller zeroes). Re-runs the forward for caches. */
+static void op_backward(int op, float *const *in, const float *dy, float **din, op_scratch *s) {
+    float y[8192];
+    op_forward(op, in, y, s);
+    switch (op) {
+    case OP_LINEAR: tr_linear_bwd(NULL, din[0], din[1], din[2], dy, in[0], in[1], 5, 7, 9); break;
+    case OP_LAYERNORM: tr_layernorm_bwd(din[0], din[1], din[2], dy, in[0], s->a, s->b, in[1], 4, 12); break;
+    case OP_RMSNORM: tr_rmsnorm_bwd(din[0], din[1], dy, in[0], s->a, in[1], 4, 12); break;
+    case OP_GELU: tr_gelu_bwd(din[0], dy, in[0], 33); break;
+    case OP_SILU: tr_silu_bwd(din[0], dy, in[0], 33); break;
+    case OP_SWIGLU: tr_swiglu_bwd(din[0], din[1], dy, in[0], in[1], 33); break;
+    case OP_SOFTMAX: tr_softmax_bwd(din[0], dy, y, 4, 9); break;
+    case OP_ATTN_LLM:
+    case OP_ATTN_VIT: {
+        tr_attn_dims d;
+        float cs[64], sn[64];
+        attn_dims(op, &d, cs, sn);
+        tr_attn_bwd(NULL, &d, din[0], din[1], din[2], dy, s->a, s->b, in[2], s->c, s->d);
+        break;
+    }
+    case OP_QKV:
+        for (int p = 0; p < 3; p++) {
+            for (int r = 0; r < 5; r++) memcpy(s->b + r * 6, dy + r * 18 + p * 6, 6 * sizeof(float));
+            tr_linear_bwd(NULL, din[0], din[1] + p * 36, p == 0 ? din[2] : p == 2 ? din[3] : NULL, s->b, in[0],
+                          in[1] + p * 36, 5, 6, 6);
+        }
+        break;
+    case OP_PATCH:
+        tr_patchify(s->a, in[0], 28, 14);
+        tr_linear_bwd(NULL, NULL, din[1], din[2], dy, s->a, in[1], 4, 5, 588);
+        break;
+    case OP_CLSPOS: tr_cls_pos_bwd(din[0], din[1], din[2], dy, 8, 3); break;
+    case OP_MERGE4: tr_merge4_bwd(din[0], dy, 8, 3); break;
+    case OP_EMBED: tr_embed_bwd(din[0], dy, EMBED_IDS, 5, 4); break;
+    }
+}
+
+/* ==== ops vs PyTorch ==== */
+
+TEST(train_ops_torch) {
+    const char *dir = ops_dir();
+    if (!dir) SKIP("PyTorch reference unavailable");
+    static op_scratch s;
+    for (int op = 0; op < OP_COUNT; op++) {
+        const op_desc *o = &OPS[op];
+        char nm[128];
+        float *in[4] = {0}, *din[4] = {0}, *ref_din[4] = {0};
+        int64_t n;
+        bool ok = true;
+        for (int i = 0; i < o->n_in; i++) {
+            snprintf(nm, sizeof nm, "%s_%s", o->name, o->in[i]);
+            in[i] = load_npy(dir, nm, &n);
+            ok = ok && in[i] && n == o->in_n[i];
+            snprintf(nm, sizeof nm, "%s_d%s", o->name, o->in[i]);
+            ref_din[i] = load_npy(dir, nm, &n);
+            din[i] = calloc((size_t)o->in_n[i], sizeof(float));
+        }
+        snprintf(nm, sizeof nm, "%s_y", o->name);
+        float *ref_y = load_npy(dir, nm, &n);
+        ok = ok && ref_y && n == o->out_n;
+        snprintf(nm, sizeof nm, "%s_dy", o->name);
+        float *dy = load_npy(dir, nm, &n);
+        CHECK_MSG(ok && dy, "op %s: reference data", o->name);
+        if (ok && dy) {
+            float y[8192];
+            op_forward(op, in, y, &s);
+            double e = rel_err(y, ref_y, o->out_n);
+            CHECK_MSG(e <= 1e-4, "op %s forward rel err %.3g", o->name, e);
+            op_backward(op, in, dy, din, &s);
+            for (int i = 0; i < o->n_in; i++) {
+                if (!o->has_grad[i]) continue;
+                e = rel_err(din[i], ref_din[i], o->in_n[i]);
+                CHECK_MSG(e <= 1e-4, "op %s d%s rel err %.3g", o->name, o->in[i], e);
+            }
+        }
+        for (int i = 0; i < 4; i++) {
+            free(in[i]);
+            free(din[i]);
+            free(ref_din[i]);
+        }
+        free(ref_y);
+        free(dy);
+    }
+}
+
+TEST(train_ce_torch) {
+    const char *dir = ops_dir();
+    if (!dir) SKIP("PyTorch reference unavailable");
+    int64_t n;
+    float *x = load_npy(dir, "ce_x", &n), *tg = load_npy(dir, "ce_targets", NULL), *mk = load_npy(dir, "ce_mask", NULL);
+    float *loss = load_npy(dir, "ce_loss", NULL), *dx_ref = load_npy(dir, "ce_dx", NULL);
+    CHECK(x && tg && mk && loss && dx_ref && n == 35);
+    if (x && tg && mk && loss && dx_ref) {
+        int32_t t[5];
+        uint8_t m[5];
+        for (int i = 0; i < 5; i++) {
+            t[i] = (int32_t)tg[i];
+            m[i] = mk[i] > 0;
+        }
+        float dx[35] = {0};
+        float l = tr_cross_entropy(dx, x, t, m, 5, 7, 1.0f);
+        CHECK_CLOSE(l, loss[0], 1e-5 * fabs(loss[0]));
+        double e = rel_err(dx, dx_ref, 35);
+        CHECK_MSG(e <= 1e-5, "ce grad rel err %.3g", e);
+    }
+    free(x); free(tg); free(mk); free(loss); free(dx_ref);
+}
+
+/* ==== ops vs finite differences ==== */
+
+/* sum(y * r) in double for the current inputs. */
+static double op_objective(int op, float *const *in, const float *r, op_scratch *s) {
+    float y[8192];
+    op_forward(op, in, y, s);
+    double acc = 0.0;
+    for (int64_t i = 0; i < OPS[op].out_n; i++) acc += (double)y[i] * r[i];
+    return acc;
+}
+
+TEST(train_ops_fd) {
+    static op_scratch s;
+    uint64_t rng = 42;
+    for (int op = 0; op < OP_COUNT; op++) {
+        const op_desc *o = &OPS[op];
+        float *in[4] = {0}, *din[4] = {0};
+        for (int i = 0; i < o->n_in; i++) {
+            in[i] = malloc((size_t)o->in_n[i] * sizeof(float));
+            din[i] = calloc((size_t)o->in_n[i], sizeof(float));
+            for (int64_t j = 0; j < o->in_n[i]; j++) in[i][j] = test_rng_float(&rng) * (op == OP_PATCH ? 0.5f : 1.5f);
+        }
+        float r[8192];
+        for (int64_t j = 0; j < o->out_n; j++) r[j] = test_rng_float(&rng);
+        op_backward(op, in, r, din, &s);
+        double worst = 0.0;
+        for (int i = 0; i < o->n_in; i++) {
+            if (!o->has_grad[i]) continue;
+            /* every coordinate of small inputs, a strided subset of large ones */
+            const int64_t stride = o->in_n[i] > 200 ? o->in_n[i] / 97 : 1;
+            for (int64_t j = 0; j < o->in_n[i]; j += stride) {
+                const float x0 = in[i][j], h = 1e-2f * fmaxf(1.0f, fabsf(x0));
+                in[i][j] = x0 + h;
+                const double fp = op_objective(op, in, r, &s);
+                in[i][j] = x0 - h;
+                const double fm = op_objective(op, in, r, &s);
+                in[i][j] = x0;
+                const double fd = (fp - fm) / (2.0 * ((double)(x0 + h) - (double)x0));
+                const double err = fabs(fd - din[i][j]) / fmax(1.0, fabs(fd));
+                worst = fmax(worst, err);
+            }
+        }
+        CHECK_MSG(worst <= 5e-4 && worst > 0.0, "op %s: finite-difference err %.3g", o->name, worst);
+        printf("    %-10s fd err %.2g\n", o->name, worst);
+        for (int i = 0; i < 4; i++) {
+            free(in[i]);
+            free(din[i]);
+        }
+    }
+    /* masked cross-entropy: loss in double vs its gradient */
+    float x[35], dx[35] = {0};
+    int32_t t[5] = {1, 4, 0, 6, 2};
+    uint8_t m[5] = {1, 0, 1, 1, 1};
+    for (int i = 0; i < 35; i++) x[i] = test_rng_float(&rng) * 2.0f;
+    tr_cross_entropy(dx, x, t, m, 5, 7, 1.0f);
+    double worst = 0.0;
+    for (int i = 0; i < 35; i++) {
+        const float x0 = x[i], h = 1e-2f;
+        x[i] = x0 + h;
+        const double fp = tr_cross_entropy(NULL, x, t, m, 5, 7, 1.0f);
+        x[i] = x0 - h;
+        const double fm = tr_cross_entropy(NULL, x, t, m, 5, 7, 1.0f);
+        x[i] = x0;
+        worst = fmax(worst, fabs((fp - fm) / (2.0 * h) - dx[i]));
+    }
+    CHECK_MSG(worst <= 1e-3, "cross-entropy finite-difference err %.3g", worst);
+}
+
+/* ==== whole model ==== */
+
+/* A tiny model with every parameter random (norm weights near 1, biases nonzero). */
+static tr_model *make_model(uint64_t seed, int n_threads) {
+    tr_config c = tr_config_tiny();
+    tr_model *m = NULL;
+    char err[256];
+    if (tr_model_create(&m, &c, seed, n_threads, err, sizeof err) != MG_OK) {
+        printf("    %s\n", err);
+        return NULL;
+    }
+    uint64_t s = seed ^ 0xabcdef;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const tr_tensor *t = &m->tensors[i];
+        float *p = m->params + t->off;
+        if (t->decay) continue;
+        bool norm_w = (strstr(t->name, "norm") || strstr(t->name, "ln")) && !strstr(t->name, "bias");
+        for (int64_t j = 0; j < t->n; j++)
+            p[j] = norm_w ? 1.0f + 0.2f * test_rng_float(&s) : 0.1f * test_rng_float(&s);
+    }
+    return m;
+}
+
+typedef struct {
+    float image[3 * 56 * 56];
+    int32_t ids[16];
+    uint8_t mask[16];
+    tr_example ex;
+} example_buf;
+
+static void make_example(example_buf *b, uint64_t seed) {
+    uint64_t s = seed;
+    for (int i = 0; i < 3 * 56 * 56; i++) b->image[i] = test_rng_float(&s);
+    for (int j = 0; j < 16; j++) {
+        b->ids[j] = (int32_t)(test_rng_next(&s) % 320);
+        b->mask[j] = j >= 6; /* the "answer" */
+    }
+    b->ids[0] = 1;
+    b->ex = (tr_example){.image = b->image, .ids = b->ids, .mask = b->mask, .n_text = 16, .img_pos = 3};
+}
+
+static bool write_npy(const char *dir, const char *name, const float *a, int64_t n) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s.npy", dir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f) return false;
+    char hdr[128];
+    int hl = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%lld,), }",
+                      (long long)n);
+    int total = 10 + hl + 1, pad = (64 - total % 64) % 64;
+    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, 0, 0};
+    pre[8] = (unsigned char)((hl + pad + 1) & 0xff);
+    pre[9] = (unsigned char)((hl + pad + 1) >> 8);
+    fwrite(pre, 1, 10, f);
+    fwrite(hdr, 1, (size_t)hl, f);
+    for (int i = 0; i < pad; i++) fputc(' ', f);
+    fputc('\n', f);
+    fwrite(a, sizeof(float), (size_t)n, f);
+    return fclose(f) == 0;
+}
+
+TEST(train_model_torch) {
+    char dir[4096], ckpt[4200], err[256];
+    snprintf(dir, sizeof dir, "%s/train_model", test_data_dir());
+    test_run("mkdir -p %s", dir);
+    tr_model *m = make_model(7, 2);
+    CHECK(m != NULL);
+    if (!m) return;
+    static example_buf b;
+    make_example(&b, 99);
+    snprintf(ckpt, sizeof ckpt, "%s/model.gguf", dir);
+    CHECK(tr_save(m, ckpt, NULL, err, sizeof err) == MG_OK);
+    float ids[16], mask[16], pos = 3;
+    for (int j = 0; j < 16; j++) {
+        ids[j] = (float)b.ids[j];
+        mask[j] = b.mask[j];
+    }
+    CHECK(write_npy(dir, "ex_image", b.image, 3 * 56 * 56) && write_npy(dir, "ex_ids", ids, 16) &&
+          write_npy(dir, "ex_mask", mask, 16) && write_npy(dir, "ex_pos", &pos, 1));
+    tr_zero_grad(m);
+    float loss = 0;
+    CHECK(tr_forward_backward(m, &b.ex, true, 1.0f, &loss, err, sizeof err) == MG_OK);
+    int rc = test_run("%s %s model %s %s", test_python(), ref_script(), ckpt, dir);
+    if (rc != 0) {
+        tr_model_free(m);
+        SKIP("PyTorch reference unavailable (rc %d)", rc);
+    }
+    float *ref_loss = load_npy(dir, "model_loss", NULL);
+    CHECK(ref_loss != NULL);
+    if (ref_loss) CHECK_CLOSE(loss, ref_loss[0], 1e-5 * fabs(ref_loss[0]));
+    printf("    loss C %.7f torch %.7f\n", loss, ref_loss ? ref_loss[0] : 0.0f);
+    double worst = 0.0;
+    const char *worst_name = "";
+    for (int i = 0; i < m->n_tensors; i++) {
+        const tr_tensor *t = &m->tensors[i];
+        char nm[96];
+        snprintf(nm, sizeof nm, "grad_%s", t->name);
+        int64_t n = 0;
+        float *g = load_npy(dir, nm, &n);
+        CHECK_MSG(g && n == t->n, "reference gradient of %s", t->name);
+        if (g && n == t->n) {
+            double e = rel_err(m->grads + t->off, g, t->n);
+            CHECK_MSG(e <= 1e-4, "gradient of %s: rel err %.3g", t->name, e);
+            if (e > worst) {
+                worst = e;
+                worst_name = t->name;
+            }
+        }
+        free(g);
+    }
+    printf("    worst gradient rel err %.3g %s\n", worst, worst_name);
+    free(ref_loss);
+    tr_model_free(m);
+}
+
+/* ==== optimiser ==== */
+
+TEST(train_adamw_torch) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/train_adamw", test_data_dir());
+    test_run("mkdir -p %s", dir);
+    if (!run_ref("adamw", dir)) SKIP("PyTorch reference unavailable");
+    float *W = load_npy(dir, "adam_W0", NULL), *bb = load_npy(dir, "adam_b0", NULL);
+    float *W3 = load_npy(dir, "adam_W3", NULL), *b3 = load_npy(dir, "adam_b3", NULL);
+    CHECK(W && bb && W3 && b3);
+    if (W && bb && W3 && b3) {
+        float mW[30] = {0}, vW[30] = {0}, mb[5] = {0}, vb[5] = {0};
+        for (int s = 0; s < 3; s++) {
+            char nm[32];
+            snprintf(nm, sizeof nm, "adam_gW%d", s);
+            float *gW = load_npy(dir, nm, NULL);
+            snprintf(nm, sizeof nm, "adam_gb%d", s);
+            float *gb = load_npy(dir, nm, NULL);
+            CHECK(gW && gb);
+            if (gW && gb) {
+                tr_adamw_update(W, gW, mW, vW, 30, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, s + 1);
+                tr_adamw_update(bb, gb, mb, vb, 5, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.0f, s + 1);
+            }
+            free(gW);
+            free(gb);
+        }
+        double e = 0.0;
+        for (int i = 0; i < 30; i++) e = fmax(e, fabs((double)W[i] - W3[i]));
+        for (int i = 0; i < 5; i++) e = fmax(e, fabs((double)bb[i] - b3[i]));
+        CHECK_MSG(e <= 1e-6, "AdamW vs torch: max abs err %.3g", e);
+    }
+    free(W); free(bb); free(W3); free(b3);
+}
+
+TEST(train_schedule_clip) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/train_sched", test_data_dir());
+    test_run("mkdir -p %s", dir);
+    if (!run_ref("sched", dir)) SKIP("PyTorch reference unavailable");
+    float *v = load_npy(dir, "sched", NULL);
+    CHECK(v != NULL);
+    tr_opt o = tr_opt_default();
+    o.lr = 1e-3f;
+    o.lr_min = 1e-4f;
+    o.warmup = 10;
+    o.total = 100;
+    double e = 0.0;
+    for (int s = 0; v && s < 120; s++) e = fmax(e, fabs(tr_lr_at(&o, s) - v[s]));
+    CHECK_MSG(e <= 1e-9, "schedule max abs err %.3g", e);
+    free(v);
+    /* clipping on a model whose trained gradients are two tensors of the reference */
+    tr_model *m = make_model(3, 1);
+    float *g1 = load_npy(dir, "clip_g1", NULL), *g2 = load_npy(dir, "clip_g2", NULL);
+    float *nr = load_npy(dir, "clip_norm", NULL), *c1 = load_npy(dir, "clip_c1", NULL), *c2 = load_npy(dir, "clip_c2", NULL);
+    CHECK(m && g1 && g2 && nr && c1 && c2);
+    if (m && g1 && g2 && nr && c1 && c2) {
+        tr_zero_grad(m);
+        m->train_mask = TR_GROUP_PROJ;
+        const tr_tensor *pw = &m->tensors[tr_find_tensor(m, "mm.proj.weight")];
+        const tr_tensor *pb = &m->tensors[tr_find_tensor(m, "mm.proj.bias")];
+        memcpy(m->grads + pb->off, g1, 7 * sizeof(float));
+        memcpy(m->grads + pw->off, g2, 12 * sizeof(float));
+        const tr_tensor *te = &m->tensors[tr_find_tensor(m, "token_embd.weight")];
+        m->grads[te->off] = 100.0f; /* a frozen group: not part of the norm, left alone */
+        double n = tr_clip_grad(m, 1.5f);
+        CHECK_CLOSE(n, nr[0], 1e-6 * nr[0]);
+        CHECK(rel_err(m->grads + pb->off, c1, 7) <= 1e-6);
+        CHECK(rel_err(m->grads + pw->off, c2, 12) <= 1e-6);
+        /* below the bound nothing changes */
+        float before = m->grads[pw->off];
+        tr_clip_grad(m, 100.0f);
+        CHECK(m->grads[pw->off] == before);
+        CHECK(m->grads[te->off] == 100.0f);
+    }
+    free(g1); free(g2); free(nr); free(c1); free(c2);
+    tr_model_free(m);
+}
+
+/* ==== training behaviour ==== */
+
+static float train_steps(tr_model *m, const tr_example *ex, const tr_opt *o, int n) {
+    float loss = NAN;
+    char err[256];
+    for (int i = 0; i < n; i++) {
+        tr_zero_grad(m);
+        if (tr_forward_backward(m, ex, true, 1.0f, &loss, err, sizeof err) != MG_OK) {
+            printf("    %s\n", err);
+            return NAN;
+        }
+        tr_step(m, o, NULL, NULL);
+    }
+    return loss;
+}
+
+TEST(train_overfit) {
+    tr_config c = tr_config_tiny();
+    tr_model *m = NULL;
+    char err[256];
+    CHECK(tr_model_create(&m, &c, 11, 2, err, sizeof err) == MG_OK);
+    if (!m) return;
+    static example_buf b;
+    make_example(&b, 5);
+    tr_opt o = tr_opt_default();
+    o.lr = 3e-3f;
+    o.total = 200;
+    float l0 = 0;
+    CHECK(tr_forward_backward(m, &b.ex, false, 1.0f, &l0, err, sizeof err) == MG_OK);
+    const int steps = test_quick() ? 60 : 200;
+    float l1 = train_steps(m, &b.ex, &o, steps);
+    CHECK(tr_forward_backward(m, &b.ex, false, 1.0f, &l1, err, sizeof err) == MG_OK);
+    printf("    loss %.4f -> %.4f after %d steps\n", l0, l1, steps);
+    CHECK(l0 > 5.0f); /* ~ log(320) */
+    CHECK_MSG(l1 < (test_quick() ? 1.0f : 0.05f), "final loss %.4f", l1);
+    tr_model_free(m);
+}
+
+TEST(train_resume_bit_identical) {
+    char path[4096], err[256];
+    snprintf(path, sizeof path, "%s/train_resume.gguf", test_data_dir());
+    static example_buf b;
+    make_example(&b, 8);
+    tr_opt o = tr_opt_default();
+    o.total = 20;
+    o.warmup = 3;
+    tr_model *a = make_model(21, 2);
+    CHECK(a != NULL);
+    if (!a) return;
+    train_steps(a, &b.ex, &o, 4);
+    CHECK(tr_save(a, path, NULL, err, sizeof err) == MG_OK);
+    train_steps(a, &b.ex, &o, 3);
+    tr_model *r = NULL;
+    CHECK(tr_load(&r, path, 2, err, sizeof err) == MG_OK);
+    if (r) {
+        CHECK_EQ_INT(r->step, 4);
+        CHECK_EQ_INT(r->n_params, a->n_params);
+        train_steps(r, &b.ex, &o, 3);
+        CHECK_EQ_INT(r->step, 7);
+        CHECK(memcmp(r->params, a->params, (size_t)a->n_params * sizeof(float)) == 0);
+        CHECK(memcmp(r->adam_m, a->adam_m, (size_t)a->n_params * sizeof(float)) == 0);
+        CHECK(memcmp(r->adam_v, a->adam_v, (size_t)a->n_params * sizeof(float)) == 0);
+    }
+    tr_model_free(r);
+    tr_model_free(a);
+}
+
+TEST(train_proj_mode) {
+    char err[256];
+    static example_buf b;
+    make_example(&b, 12);
+    tr_model *m = make_model(31, 2);
+    CHECK(m != NULL);
+    if (!m) return;
+    int mask = 0;
+    CHECK(tr_parse_mode("proj", &mask, err, sizeof err) == MG_OK);
+    CHECK(tr_parse_mode("bogus", &mask, err, sizeof err) == MG_ERR_INVALID_ARG);
+    CHECK(tr_parse_mode("proj", &m->train_mask, err, sizeof err) == MG_OK);
+    float *before = malloc((size_t)m->n_params * sizeof(float));
+    memcpy(before, m->params, (size_t)m->n_params * sizeof(float));
+    tr_opt o = tr_opt_default();
+    train_steps(m, &b.ex, &o, 3);
+    for (int i = 0; i < m->n_tensors; i++) {
+        const tr_tensor *t = &m->tensors[i];
+        bool same = memcmp(before + t->off, m->params + t->off, (size_t)t->n * sizeof(float)) == 0;
+        if (t->group == TR_GROUP_PROJ) CHECK_MSG(!same, "%s must learn", t->name);
+        else CHECK_MSG(same, "%s must stay bit-identical", t->name);
+    }
+    /* proj-mode gradient equals the proj part of a full backward */
+    tr_model *f = make_model(31, 2);
+    if (f) {
+        float l;
+        memcpy(f->params, m->params, (size_t)m->n_params * sizeof(float));
+        tr_zero_grad(m);
+        tr_zero_grad(f);
+        CHECK(tr_forward_backward(m, &b.ex, true, 1.0f, &l, err, sizeof err) == MG_OK);
+        CHECK(tr_forward_backward(f, &b.ex, true, 1.0f, &l, err, sizeof err) == MG_OK);
+        const tr_tensor *pw = &m->tensors[tr_find_tensor(m, "mm.proj.weight")];
+        CHECK(memcmp(m->grads + pw->off, f->grads + pw->off, (size_t)pw->n * sizeof(float)) == 0);
+    }
+    tr_model_free(f);
+    free(before);
+    tr_model_free(m);
+}
+
+TEST(train_bad_example) {
+    char err[256];
+    tr_model *m = make_model(1, 1);
+    CHECK(m != NULL);
+    if (!m) return;
+    static example_buf b;
+    make_example(&b, 1);
+    float l;
+    b.ids[4] = 320;
+    CHECK(tr_forward_backward(m, &b.ex, true, 1.0f, &l, err, sizeof err) == MG_ERR_INVALID_ARG);
+    b.ids[4] = 5;
+    b.ex.img_pos = 17;
+    CHECK(tr_forward_backward(m, &b.ex, true, 1.0f, &l, err, sizeof err) == MG_ERR_INVALID_ARG);
+    tr_config c = tr_config_tiny();
+    c.image_size = 42; /* 3x3 patches: not a multiple of 4 */
+    tr_model *bad = NULL;
+    CHECK(tr_model_create(&bad, &c, 1, 1, err, sizeof err) == MG_ERR_INVALID_ARG && bad == NULL);
+    tr_model_free(m);
+}
+
+/* A checkpoint runs in the engine: its vision tower gives the trainer's image rows and its
+ * language model the trainer's last-row logits (so names, layouts and RoPE agree). */
+TEST(train_ckpt_runs_in_engine) {
+    char syn[4096], path[4096], err[256];
+    snprintf(syn, sizeof syn, "%s/train_tok.gguf", test_data_dir());
+    snprintf(path, sizeof path, "%s/train_engine.gguf", test_data_dir());
+    const synth_preset *sp = synth_find_preset("tiny");
+    CHECK(sp != NULL);
+    if (!sp || synth_write_gguf(sp, MG_TYPE_F32, 1, syn, err, sizeof err) != MG_OK) {
+        CHECK_MSG(0, "synth: %s", err);
+        return;
+    }
+    gguf_file *tokf = NULL;
+    CHECK(gguf_open(&tokf, syn, err, sizeof err) == MG_OK);
+    tr_model *m = make_model(41, 2);
+    CHECK(m != NULL);
+    if (!m || !tokf) {
+        gguf_close(tokf);
+        tr_model_free(m);
+        return;
+    }
+    static example_buf b;
+    make_example(&b, 77);
+    float loss;
+    CHECK(tr_forward_backward(m, &b.ex, false, 1.0f, &loss, err, sizeof err) == MG_OK);
+    CHECK(tr_save(m, path, tokf, err, sizeof err) == MG_OK);
+    gguf_close(tokf);
+    int L = 0;
+    const float *rows = tr_last_rows(m, &L), *logits = tr_last_logits(m);
+    const int d = m->cfg.n_embd, V = m->cfg.n_vocab, n_img = 4;
+    CHECK(rows && logits && L == 20);
+
+    /* vision tower of the engine on the same image */
+    gguf_file *f = NULL;
+    mg_vision *v = NULL;
+    CHECK(gguf_open(&f, path, err, sizeof err) == MG_OK);
+    if (f && vision_load(&v, f, err, sizeof err) == MG_OK) {
+        float img_rows[4 * 64];
+        mg_kernels_init();
+        mg_kernel_opts ko = {true};
+        CHECK(vision_encode(v, NULL, &ko, b.image, img_rows, err, sizeof err) == MG_OK);
+        double e = rel_err(img_rows, rows + 3 * d, (int64_t)n_img * d);
+        printf("    engine image rows vs trainer: rel err %.3g\n", e);
+        CHECK_MSG(e <= 1e-4, "image rows rel err %.3g", e);
+    } else {
+        CHECK_MSG(0, "vision_load: %s", err);
+    }
+    vision_free(v);
+    gguf_close(f);
+
+    /* language model of the engine on the trainer's input rows */
+    mg_model *em = NULL;
+    mg_model_params mp = mg_model_default_params();
+    mp.n_threads = 1;
+    mp.use_ref = 1;
+    CHECK(mg_model_open(&em, path, &mp, err, sizeof err) == MG_OK);
+    if (em) {
+        mg_session *s = NULL;
+        mg_session_params spp = mg_session_default_params();
+        spp.n_ctx = 64;
+        CHECK(mg_session_create(&s, em, &spp, err, sizeof err) == MG_OK);
+        if (s && rows) {
+            CHECK(mg_session_eval_embd(s, rows, L) == MG_OK);
+            const float *el = mg_session_logits(s);
+            double e = el ? rel_err(el, logits + (int64_t)(L - 1) * V, V) : 1.0;
+            printf("    engine last-row logits vs trainer: rel err %.3g\n", e);
+            CHECK_MSG(e <= 1e-4, "logits rel err %.3g", e);
+        }
+        mg_session_free(s);
+    } else {
+        printf("    mg_model_open: %s\n", err);
+    }
+    mg_model_close(em);
+    tr_model_free(m);
+}
