@@ -1,0 +1,85 @@
+/*
+ * world.h - the synthetic grounded world: scenes of 1..6 coloured shapes on plain, gradient,
+ * noisy or cluttered backgrounds, rendered anti-aliased (4x4 supersampling) and deterministic
+ * from a seed on every machine (own PRNG and sine, IEEE basic operations only), with exact
+ * ground truth (tight pixel boxes of the visible samples) and task examples in MiniGPT-v2's
+ * formats ([caption], [grounding], [detection], [refer], [identify], [vqa], untagged).
+ * The trainer takes examples straight from memory; `minigpt synth` writes them to files.
+ * See docs/synth.md.
+ */
+#ifndef MG_WORLD_H
+#define MG_WORLD_H
+
+#include "internal.h"
+
+#define WORLD_MAX_OBJECTS 6
+#define WORLD_MAX_EXAMPLES 24
+#define WORLD_TEXT_MAX 1536
+
+enum { WORLD_CIRCLE, WORLD_SQUARE, WORLD_TRIANGLE, WORLD_STAR, WORLD_DIAMOND, WORLD_HEXAGON,
+       WORLD_PENTAGON, WORLD_CROSS, WORLD_N_SHAPES };
+enum { WORLD_N_COLORS = 11 };
+enum { WORLD_SMALL, WORLD_MEDIUM, WORLD_LARGE, WORLD_N_SIZES };
+enum { WORLD_BG_PLAIN, WORLD_BG_GRADIENT, WORLD_BG_NOISE, WORLD_BG_CLUTTER, WORLD_N_BACKGROUNDS };
+
+typedef struct {
+    int shape, color, size;  /* indices into the name tables below */
+    double cx, cy, r, angle; /* layout in pixels / radians (the shape fits in the circle cx,cy,r) */
+    int x0, y0, x1, y1;      /* tight box of the pixels holding a visible sample, inclusive */
+    int n_samples;           /* 4x4 samples the shape covers */
+    int n_visible;           /* of those, not hidden by a later object */
+} world_object;
+
+typedef struct {
+    int w, h;
+    int background;             /* WORLD_BG_* */
+    uint8_t bg_rgb[2][3];       /* base colour; gradient: from [0] (top-left) to [1] */
+    int n_objects;
+    world_object objects[WORLD_MAX_OBJECTS]; /* in drawing order (later ones on top) */
+    uint64_t seed;              /* this scene's own seed (from the set seed and the index) */
+    mg_image image;             /* the rendered pixels, owned by the scene */
+} world_scene;
+
+typedef struct {
+    mg_task task;                       /* MG_TASK_NONE: the untagged "Describe this image." */
+    char instruction[WORLD_TEXT_MAX];   /* what the user types, e.g. "[refer] where is the red star ?" */
+    char answer[WORLD_TEXT_MAX];        /* the target text */
+    char query[256];    /* refer/identify: the expression; detection: the phrase; vqa: the question */
+    int target;         /* the object a refer/identify/vqa example is about, else -1 */
+    unsigned objects_mask;     /* detection: bit i set when object i answers the phrase */
+    const char *question_type; /* vqa: "how many", "what color is the", ... (static), else NULL */
+    const char *answer_type;   /* vqa: "number", "yes/no" or "other" (static), else NULL */
+} world_example;
+
+/* Name tables (static strings); NULL when out of range. */
+const char *world_shape_name(int shape);
+const char *world_shape_plural(int shape);
+const char *world_color_name(int color);
+void world_color_rgb(int color, uint8_t rgb[3]);
+const char *world_size_name(int size);
+const char *world_background_name(int background);
+
+/* Generates and renders scene `index` of the set `seed` (size x size pixels, 64..4096).
+ * held_out selects a disjoint stream of scenes for evaluation sets. On success *sc owns its image
+ * (world_scene_free). Never fails on valid arguments except for memory. */
+mg_status world_scene_generate(world_scene *sc, uint64_t seed, uint64_t index, int size, bool held_out,
+                               char *err, size_t err_len);
+void world_scene_free(world_scene *sc);
+
+/* Pixel box of object i as the half-open corners (x0, y0, x1+1, y1+1): the COCO box
+ * [x, y, w, h] read as [x, y, x+w, y+h]. */
+void world_object_box(const world_object *o, double box[4]);
+
+/* Builds the examples of the tasks in task_mask (bit 1<<mg_task; bit 0 = untagged description)
+ * into out (up to max). eval_style: the fixed instruction the official evaluation (or the demo)
+ * uses instead of a random one from the training pool. *n_out receives the count. */
+mg_status world_scene_examples(const world_scene *sc, unsigned task_mask, bool eval_style,
+                               world_example *out, int max, int *n_out, char *err, size_t err_len);
+
+/* Object mentions in free text: each shape word (singular or plural) directly preceded by a
+ * colour word, optionally with one size word between ("two small red stars" -> red star).
+ * Words are runs of ASCII letters, compared case-insensitively. Writes at most max pairs
+ * (colour, shape), deduplicated, into out; returns how many were written. */
+int world_mentions(const char *text, int out[][2], int max);
+
+#endif

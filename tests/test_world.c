@@ -1,0 +1,146 @@
+/*
+ * test_world.c - the synthetic world (src/world.c, `minigpt synth`): determinism, answers that
+ * parse back to the ground-truth boxes, and an independent check of the written PNGs and
+ * expressions by tests/ref/eval_ref.py (tight boxes, unique referring expressions).
+ */
+#include "test.h"
+
+#include "world.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+TEST(world_determinism) {
+    world_scene a, b, c;
+    char err[256];
+    CHECK(world_scene_generate(&a, 7, 3, 256, false, err, sizeof err) == MG_OK);
+    CHECK(world_scene_generate(&b, 7, 3, 256, false, err, sizeof err) == MG_OK);
+    CHECK(world_scene_generate(&c, 8, 3, 256, false, err, sizeof err) == MG_OK);
+    size_t n = (size_t)256 * 256 * 3;
+    CHECK(a.image.rgb && b.image.rgb && c.image.rgb);
+    if (a.image.rgb && b.image.rgb && c.image.rgb) {
+        CHECK(memcmp(a.image.rgb, b.image.rgb, n) == 0);
+        CHECK(memcmp(a.image.rgb, c.image.rgb, n) != 0);
+    }
+    CHECK(memcmp(a.objects, b.objects, sizeof a.objects) == 0);
+    world_scene h;
+    CHECK(world_scene_generate(&h, 7, 3, 256, true, err, sizeof err) == MG_OK);
+    CHECK(h.seed != a.seed); /* held-out scenes come from another stream */
+    world_scene_free(&a);
+    world_scene_free(&b);
+    world_scene_free(&c);
+    world_scene_free(&h);
+    CHECK(world_scene_generate(&a, 1, 0, 10, false, err, sizeof err) == MG_ERR_INVALID_ARG);
+    CHECK(strstr(err, "size") != NULL);
+
+    /* the CLI: same options -> same bytes; another seed -> other bytes */
+    const char *d = test_data_dir(), *bin = getenv("MG_BIN") ? getenv("MG_BIN") : "build/minigpt";
+    CHECK_EQ_INT(test_run("%s synth -q --seed 11 -n 3 --size 128 -o %s/wd1 && %s synth -q --seed 11 -n 3 "
+                          "--size 128 -o %s/wd2 && %s synth -q --seed 12 -n 3 --size 128 -o %s/wd3",
+                          bin, d, bin, d, bin, d), 0);
+    CHECK_EQ_INT(test_run("cmp -s %s/wd1/data.jsonl %s/wd2/data.jsonl && cmp -s %s/wd1/images/000002.png "
+                          "%s/wd2/images/000002.png", d, d, d, d), 0);
+    CHECK(test_run("cmp -s %s/wd1/data.jsonl %s/wd3/data.jsonl", d, d) != 0);
+    CHECK(test_run("cmp -s %s/wd1/images/000000.png %s/wd3/images/000000.png", d, d) != 0);
+}
+
+/* Every example's boxes parse with mg_grounding_parse and map back to the ground truth: a grid
+ * value v of a pixel coordinate x satisfies v*W/100 <= x < (v+1)*W/100, up to the float error of
+ * int(x / W * 100) (29/100*100 = 28.999999999999996 truncates to 28: then x = (v+1)*W/100). */
+TEST(world_answers_parse_to_ground_truth) {
+    world_example *ex = malloc(sizeof *ex * WORLD_MAX_EXAMPLES);
+    CHECK(ex != NULL);
+    if (!ex) return;
+    int counts[8] = {0}, n_scenes = test_quick() ? 20 : 120;
+    for (int k = 0; k < n_scenes; k++) {
+        world_scene sc;
+        char err[256];
+        if (world_scene_generate(&sc, 42, (uint64_t)k, k % 2 ? 448 : 300, k % 3 == 0, err, sizeof err) != MG_OK) {
+            CHECK_MSG(0, "generate: %s", err);
+            break;
+        }
+        int n = 0;
+        CHECK(world_scene_examples(&sc, ~0u, k % 2, ex, WORLD_MAX_EXAMPLES, &n, err, sizeof err) == MG_OK);
+        for (int i = 0; i < sc.n_objects; i++) {
+            const world_object *o = &sc.objects[i];
+            CHECK(o->x0 >= 0 && o->x0 <= o->x1 && o->x1 < sc.w && o->y0 >= 0 && o->y0 <= o->y1 && o->y1 < sc.h);
+            CHECK(o->n_visible * 10 >= o->n_samples * 7);
+        }
+        for (int e = 0; e < n; e++) {
+            const world_example *x = &ex[e];
+            counts[x->task]++;
+            const char *txt = x->task == MG_TASK_IDENTIFY ? x->instruction : x->answer;
+            mg_grounding *g;
+            if (mg_grounding_parse(&g, txt, strlen(txt), sc.w, sc.h, err, sizeof err) != MG_OK) {
+                CHECK_MSG(0, "parse: %s", err);
+                continue;
+            }
+            CHECK_MSG(g->n_unparsed == 0, "unparsed markup in %s", txt);
+            int nb = 0;
+            unsigned seen = 0;
+            for (int en = 0; en < g->n_entities; en++)
+                for (int b = 0; b < g->entities[en].n_boxes; b++) {
+                    const mg_box *bx = &g->entities[en].boxes[b];
+                    nb++;
+                    int hit = -1;
+                    for (int i = 0; i < sc.n_objects; i++) {
+                        double ob[4];
+                        world_object_box(&sc.objects[i], ob);
+                        double pv[4] = {bx->px1, bx->py1, bx->px2, bx->py2};
+                        double cell[4] = {sc.w / 100.0, sc.h / 100.0, sc.w / 100.0, sc.h / 100.0};
+                        bool ok = true;
+                        for (int q = 0; q < 4; q++)
+                            ok &= pv[q] <= ob[q] + 1e-9 && ob[q] <= pv[q] + cell[q] + 1e-9;
+                        if (ok && !(seen & (1u << i))) { hit = i; break; }
+                    }
+                    CHECK_MSG(hit >= 0, "box %d %d %d %d of '%s' is no object's", bx->x1, bx->y1, bx->x2, bx->y2, txt);
+                    if (hit >= 0) seen |= 1u << hit;
+                }
+            switch (x->task) {
+            case MG_TASK_REFER:
+            case MG_TASK_IDENTIFY:
+                CHECK_EQ_INT(nb, 1);
+                CHECK(seen == 1u << x->target);
+                break;
+            case MG_TASK_DETECTION: CHECK(seen == x->objects_mask); break;
+            case MG_TASK_GROUNDING: CHECK_EQ_INT(nb, sc.n_objects); break;
+            default: CHECK_EQ_INT(nb, 0); break;
+            }
+            mg_grounding_free(g);
+        }
+        world_scene_free(&sc);
+    }
+    for (int t = 0; t <= MG_TASK_CAPTION; t++) CHECK_MSG(counts[t] > 0, "no example of task %d", t);
+    free(ex);
+}
+
+TEST(world_mentions) {
+    int m[8][2];
+    CHECK_EQ_INT(world_mentions("two small red stars and a Blue circle left of the star", m, 8), 2);
+    CHECK(m[0][0] == 0 && m[0][1] == WORLD_STAR);
+    CHECK(m[1][0] == 2 && m[1][1] == WORLD_CIRCLE);
+    CHECK_EQ_INT(world_mentions("red large crosses, red crosses", m, 8), 1);
+    CHECK(m[0][1] == WORLD_CROSS);
+    CHECK_EQ_INT(world_mentions("a star, reddish circle, nothing", m, 8), 0);
+    CHECK_EQ_INT(world_mentions("red circle blue square green star", m, 2), 2);
+}
+
+/* The written images and ground truth, checked by Python from the files alone: pixels of an
+ * object's colour lie inside its box, boxes of isolated objects on plain backgrounds are exactly
+ * the drawn extent, every box in a text is some object's region, every referring expression
+ * picks out exactly its target. */
+TEST(world_files_vs_python) {
+    const char *d = test_data_dir(), *bin = getenv("MG_BIN") ? getenv("MG_BIN") : "build/minigpt";
+    int n = test_quick() ? 12 : 36;
+    CHECK_EQ_INT(test_run("rm -rf %s/wpy && %s synth -q --seed 5 -n %d -o %s/wpy", d, bin, n, d), 0);
+    CHECK_EQ_INT(test_run("%s tests/ref/eval_ref.py check-world %s/wpy", test_python(), d), 0);
+    CHECK_EQ_INT(test_run("rm -rf %s/wpye && %s synth -q --seed 6 -n %d --size 320 --eval -o %s/wpye", d, bin,
+                          n / 2, d), 0);
+    CHECK_EQ_INT(test_run("%s tests/ref/eval_ref.py check-world %s/wpye", test_python(), d), 0);
+    /* --tasks filter */
+    CHECK_EQ_INT(test_run("rm -rf %s/wpyt && %s synth -q -n 4 --tasks refer,vqa -o %s/wpyt && "
+                          "! grep -q '\"task\":\"caption\"' %s/wpyt/data.jsonl && grep -q '\"task\":\"refer\"' "
+                          "%s/wpyt/data.jsonl", d, bin, d, d, d), 0);
+    CHECK(test_run("%s synth -q -n 1 --tasks nonsense -o %s/wpyt 2>/dev/null", bin, d) != 0);
+}
