@@ -28,7 +28,12 @@ struct mg_model {
     mg_kernel_opts kopts;
     mg_arch arch;
     llama_model lm;        /* the language model */
-    void *vision;          /* vision tower and projector (MiniGPT archs); NULL for plain LLaMA */
+    void *vision;          /* mg_vision * (vision.h): tower and projector (MiniGPT archs); NULL for LLaMA */
+    gguf_file *gf_llm;     /* the separate LLM file of mg_model_open_llm, or NULL (then gf holds it) */
+    void *llm_buf;         /* its whole-file buffer when use_mmap = 0 */
+    int tmpl;              /* mg_chat_template of the MiniGPT variant (minigpt.chat_template) */
+    mg_sampler_params gen_sp; /* default sampling (minigpt.generation.*, else the demo's) */
+    int gen_max_tokens;    /* default max new tokens */
     char desc[160];
 };
 
