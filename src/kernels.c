@@ -89,10 +89,24 @@ static void quantize_q8_0_ref(const float *x, void *y, int64_t k) {
     mg_quantize_row(MG_TYPE_Q8_0, x, y, k);
 }
 
+/* Reference attention loops: sequential fp32 sums (no FMA), as the float matmul. */
+static void attn_scores_ref(float *s, const float *q, const float *k, int64_t stride, int64_t n,
+                            int d, float scale) {
+    for (int64_t t = 0; t < n; t++) s[t] = scale * dot_f32_ref(q, k + t * stride, d);
+}
+
+static void attn_values_ref(float *o, const float *p, const float *v, int64_t stride, int64_t n,
+                            int d) {
+    for (int i = 0; i < d; i++) o[i] = 0.0f;
+    for (int64_t t = 0; t < n; t++)
+        for (int i = 0; i < d; i++) o[i] += p[t] * v[t * stride + i];
+}
+
 /* ==== dispatch ==== */
 
 static const mg_kernel_table ref_table = {
-    "ref", mm_ref, mm_ref, mm_ref, mm_ref, mm_ref, quantize_q8_0_ref,
+    "ref", mm_ref, mm_ref, mm_ref, mm_ref, mm_ref, quantize_q8_0_ref, attn_scores_ref, attn_values_ref,
+    mg_rmsnorm, mg_softmax, mg_silu, mg_gelu,
 };
 static mg_kernel_table sel_table;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -122,9 +136,9 @@ static cpu_caps detect_cpu(void) {
     if (__get_cpuid_max(0, NULL) < 7) return c;
     __cpuid_count(7, 0, a, b, cx, d);
     bool avx2 = b >> 5 & 1, f = b >> 16 & 1, dq = b >> 17 & 1, bw = b >> 30 & 1, vl = b >> 31 & 1;
-    bool vnni = cx >> 11 & 1;
+    bool vnni = cx >> 11 & 1, vbmi = cx >> 1 & 1;
     c.avx2 = os_avx && avx2 && fma && f16c;
-    c.avx512 = c.avx2 && os_avx512 && f && dq && bw && vl && vnni;
+    c.avx512 = c.avx2 && os_avx512 && f && dq && bw && vl && vnni && vbmi;
 #endif
     return c;
 }
@@ -223,6 +237,44 @@ void mg_matmul(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x,
     int64_t min_units = (int64_t)MG_MAX((size_t)1, ((size_t)1 << 18) / MG_MAX(unit_bytes, (size_t)1));
     mg_pool_run(pool, units, min_units, mm_task, &j);
     free(own);
+}
+
+/* s[t] = scale * dot(q, k + t * stride) for t < n, with the selected kernels. */
+void mg_attn_scores(float *s, const float *q, const float *k, int64_t stride, int64_t n, int d, float scale) {
+    mg_kernels_init();
+    if (n > 0 && d > 0) sel_table.attn_scores(s, q, k, stride, n, d, scale);
+}
+
+/* o = sum_t p[t] * (v + t * stride)[0, d), with the selected kernels. */
+void mg_attn_values(float *o, const float *p, const float *v, int64_t stride, int64_t n, int d) {
+    mg_kernels_init();
+    if (d <= 0) return;
+    if (n <= 0) {
+        for (int i = 0; i < d; i++) o[i] = 0.0f;
+        return;
+    }
+    sel_table.attn_values(o, p, v, stride, n, d);
+}
+
+/* mg_rmsnorm / mg_softmax / mg_silu / mg_gelu with the selected kernels. */
+void mg_rmsnorm_simd(float *out, const float *x, const float *weight, int64_t n, float eps) {
+    mg_kernels_init();
+    if (n > 0) sel_table.rmsnorm(out, x, weight, n, eps);
+}
+
+void mg_softmax_simd(float *x, int64_t n) {
+    mg_kernels_init();
+    if (n > 0) sel_table.softmax(x, n);
+}
+
+void mg_silu_simd(float *x, int64_t n) {
+    mg_kernels_init();
+    if (n > 0) sel_table.silu(x, n);
+}
+
+void mg_gelu_simd(float *x, int64_t n) {
+    mg_kernels_init();
+    if (n > 0) sel_table.gelu(x, n);
 }
 
 /* Converts row `row` of a weight matrix [N, K] of type wtype to fp32. */

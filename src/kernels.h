@@ -35,6 +35,23 @@ void mg_matmul(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x,
 /* Copies row `row` of a weight matrix [N, K] of type wtype into dst as fp32 (embedding lookup). */
 void mg_get_row_f32(const void *w, int wtype, int64_t K, int64_t row, float *dst);
 
+/* ==== Attention inner loops (fp32; SIMD when available, like mg_matmul) ====
+ * Rows t of a K or V cache start at k + t * stride (stride in floats, >= d).
+ * mg_attn_scores: s[t] = scale * dot(q, k_t) for t in [0, n).
+ * mg_attn_values: o[i] = sum_t p[t] * v_t[i] for i in [0, d) (o is overwritten).
+ * Results equal the scalar reference within the matmul tolerance of docs/numerics.md
+ * (summation order differs); they do not depend on n for a given t. */
+void mg_attn_scores(float *s, const float *q, const float *k, int64_t stride, int64_t n, int d, float scale);
+void mg_attn_values(float *o, const float *p, const float *v, int64_t stride, int64_t n, int d);
+
+/* SIMD versions of mg_rmsnorm, mg_softmax, mg_silu and mg_gelu (same arguments and semantics,
+ * the selected kernel path): exp and erf are polynomials instead of libm's, sums are still in
+ * double. They differ from the scalar functions by a few ulp (docs/numerics.md). */
+void mg_rmsnorm_simd(float *out, const float *x, const float *weight, int64_t n, float eps);
+void mg_softmax_simd(float *x, int64_t n);
+void mg_silu_simd(float *x, int64_t n);
+void mg_gelu_simd(float *x, int64_t n);
+
 /* ==== Ops (in place unless noted); all fp32 ==== */
 void mg_rmsnorm(float *out, const float *x, const float *weight, int64_t n, float eps);
 void mg_layernorm(float *out, const float *x, const float *weight, const float *bias, int64_t n, float eps);

@@ -27,10 +27,23 @@ typedef void (*mg_mm_fn)(const mg_mm_args *a, int64_t n0, int64_t n1);
 /* Quantizes k floats (k % 32 == 0) to Q8_0, bytes identical to mg_quantize_row(MG_TYPE_Q8_0). */
 typedef void (*mg_q8_fn)(const float *x, void *y, int64_t k);
 
+/* Attention inner loops, semantics of mg_attn_scores / mg_attn_values (kernels.h). */
+typedef void (*mg_scores_fn)(float *s, const float *q, const float *k, int64_t stride, int64_t n,
+                             int d, float scale);
+typedef void (*mg_values_fn)(float *o, const float *p, const float *v, int64_t stride, int64_t n,
+                             int d);
+
 typedef struct {
     const char *name;
     mg_mm_fn mm_f32, mm_f16, mm_bf16, mm_q8_0, mm_q4_0;
     mg_q8_fn quantize_q8_0;
+    /* a variant may leave the following as they are (the reference functions) */
+    mg_scores_fn attn_scores;
+    mg_values_fn attn_values;
+    void (*rmsnorm)(float *out, const float *x, const float *weight, int64_t n, float eps);
+    void (*softmax)(float *x, int64_t n);
+    void (*silu)(float *x, int64_t n);
+    void (*gelu)(float *x, int64_t n);
 } mg_kernel_table;
 
 /* Fill t with the variant's functions; false when the build lacks the variant. */

@@ -154,6 +154,7 @@ static const struct {
 } mm_shapes[] = {
     {1, 1, 32}, {1, 37, 32}, {1, 67, 4096}, {3, 33, 64}, {5, 17, 96}, {8, 50, 256},
     {13, 29, 160}, {4, 130, 512}, {1, 21, 11008}, {3, 9, 45}, {6, 11, 7}, {1, 5, 1},
+    {17, 23, 45}, {16, 10, 96}, {21, 7, 1}, /* M >= 16: many-row paths */
 };
 
 static mg_kernel_table table_for(int which, bool *have) {
@@ -165,7 +166,8 @@ static mg_kernel_table table_for(int which, bool *have) {
     if (which == 2)
         *have = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-                __builtin_cpu_supports("avx512vnni") && mg_kernels_fill_avx512(&t);
+                __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi") &&
+                mg_kernels_fill_avx512(&t);
     return t;
 }
 
@@ -230,9 +232,10 @@ TEST(kernels_matmul_all_types_vs_double) {
 }
 
 /* Same output bits for 1, 2 and 3 threads, for the selected path and the reference; and the
- * M > 1 path gives each row the same bits as a separate M = 1 call. */
+ * M > 1 path gives each row the same bits as a separate M = 1 call (M = 19 takes the
+ * many-rows paths of any variant, with a short last row tile). */
 TEST(kernels_matmul_thread_invariant) {
-    const int64_t M = 7, N = 301, K = test_quick() ? 256 : 1024;
+    const int64_t M = 19, N = 301, K = test_quick() ? 256 : 1024;
     for (size_t t = 0; t < sizeof mm_types / sizeof mm_types[0]; t++) {
         int type = mm_types[t];
         mm_case c;
@@ -298,6 +301,160 @@ TEST(kernels_simd_quantize_q8_0_exact) {
     free(x);
     free(a);
     free(b);
+}
+
+/* Attention loops of every table (and the public entry points) against double sums, on head
+ * sizes with SIMD tails (1, 88 as ViT-g, 130, 257) and key counts around the 4-key group; the
+ * score of key t must not depend on how many keys follow it. */
+TEST(kernels_attn_vs_double) {
+    const int ds[] = {1, 16, 88, 128, 130, 257};
+    const int64_t ns[] = {1, 3, 4, 5, 37};
+    uint64_t rng = 77;
+    int checked = 0;
+    for (size_t di = 0; di < MG_ARRAY_LEN(ds); di++) {
+        for (size_t ni = 0; ni < MG_ARRAY_LEN(ns); ni++) {
+            const int d = ds[di];
+            const int64_t n = ns[ni], stride = d + 3;
+            float *q = malloc((size_t)d * sizeof(float)), *kv = malloc((size_t)(n * stride) * sizeof(float));
+            float *p = malloc((size_t)n * sizeof(float)), *out = malloc((size_t)(n + d) * sizeof(float));
+            float *again = malloc((size_t)n * sizeof(float));
+            CHECK(q && kv && p && out && again);
+            if (!q || !kv || !p || !out || !again) return;
+            for (int i = 0; i < d; i++) q[i] = test_rng_float(&rng);
+            for (int64_t i = 0; i < n * stride; i++) kv[i] = test_rng_float(&rng) * 3.0f;
+            for (int64_t t = 0; t < n; t++) p[t] = (test_rng_float(&rng) + 1.0f) / (float)n;
+            for (int which = 0; which < 3; which++) { /* public (selected path), avx2, avx512 */
+                mg_scores_fn sf = mg_attn_scores;
+                mg_values_fn vf = mg_attn_values;
+                if (which >= 1 && which <= 2) {
+                    bool have;
+                    mg_kernel_table tb = table_for(which, &have);
+                    if (!have || !tb.attn_scores || !tb.attn_values) continue;
+                    sf = tb.attn_scores;
+                    vf = tb.attn_values;
+                }
+                const float scale = 0.125f;
+                sf(out, q, kv, stride, n, d, scale);
+                int bad = 0;
+                for (int64_t t = 0; t < n; t++) {
+                    double e = 0, mag = 0;
+                    for (int i = 0; i < d; i++) {
+                        e += (double)q[i] * kv[t * stride + i];
+                        mag += fabs((double)q[i] * kv[t * stride + i]);
+                    }
+                    e *= scale;
+                    mag *= scale;
+                    bad += !(fabs(out[t] - e) <= mm_tol(d) * mag + 1e-30);
+                    sf(again, q, kv, stride, t + 1, d, scale);
+                    bad += memcmp(&again[t], &out[t], sizeof(float)) != 0;
+                }
+                CHECK_MSG(bad == 0, "attn_scores path %d d=%d n=%lld: %d bad", which, d, (long long)n, bad);
+                vf(out, p, kv, stride, n, d);
+                bad = 0;
+                for (int i = 0; i < d; i++) {
+                    double e = 0, mag = 0;
+                    for (int64_t t = 0; t < n; t++) {
+                        e += (double)p[t] * kv[t * stride + i];
+                        mag += fabs((double)p[t] * kv[t * stride + i]);
+                    }
+                    bad += !(fabs(out[i] - e) <= mm_tol(n) * mag + 1e-30);
+                }
+                CHECK_MSG(bad == 0, "attn_values path %d d=%d n=%lld: %d bad", which, d, (long long)n, bad);
+                checked++;
+            }
+            free(q);
+            free(kv);
+            free(p);
+            free(out);
+            free(again);
+        }
+    }
+    CHECK(checked > 0);
+}
+
+/* SIMD rmsnorm / softmax / silu / gelu of every table (and the public *_simd entry points) against the
+ * scalar functions, per element within 4e-7 relative (a few ulp; docs/numerics.md), on lengths
+ * with tails and on edge values: zeros, exp over- and underflow, a fully masked softmax row. */
+TEST(kernels_ops_simd_vs_ref) {
+    const int64_t lens[] = {1, 15, 16, 17, 384, 1000};
+    uint64_t rng = 99;
+    int checked = 0;
+    double worst[4] = {0, 0, 0, 0}; /* max |a - b| / |a| per op (gelu: / |x|), every path */
+    for (size_t li = 0; li < MG_ARRAY_LEN(lens); li++) {
+        const int64_t n = lens[li];
+        float *x = malloc((size_t)n * sizeof(float)), *w = malloc((size_t)n * sizeof(float));
+        float *a = malloc((size_t)n * sizeof(float)), *b = malloc((size_t)n * sizeof(float));
+        CHECK(x && w && a && b);
+        if (!x || !w || !a || !b) return;
+        for (int rep = 0; rep < 4; rep++) {
+            const float scale = rep == 0 ? 1.0f : rep == 1 ? 10.0f : rep == 2 ? 60.0f : 0.01f;
+            for (int64_t i = 0; i < n; i++) {
+                x[i] = test_rng_float(&rng) * scale;
+                w[i] = 1.0f + test_rng_float(&rng);
+            }
+            if (n >= 16) {
+                x[3] = 0.0f;
+                x[5] = -0.0f;
+                x[7] = rep == 2 ? 120.0f : -120.0f; /* exp overflow / underflow */
+                x[11] = -95.0f;                     /* exp(95) near the top, exp(-95) subnormal */
+            }
+            for (int which = 0; which < 3; which++) {
+                void (*rms)(float *, const float *, const float *, int64_t, float) = mg_rmsnorm_simd;
+                void (*sm)(float *, int64_t) = mg_softmax_simd;
+                void (*si)(float *, int64_t) = mg_silu_simd;
+                void (*ge)(float *, int64_t) = mg_gelu_simd;
+                if (which > 0) {
+                    bool have;
+                    mg_kernel_table tb = table_for(which, &have);
+                    if (!have || !tb.rmsnorm || !tb.softmax || !tb.silu || !tb.gelu) continue;
+                    rms = tb.rmsnorm;
+                    sm = tb.softmax;
+                    si = tb.silu;
+                    ge = tb.gelu;
+                }
+                for (int op = 0; op < 4; op++) {
+                    memcpy(a, x, (size_t)n * sizeof(float));
+                    memcpy(b, x, (size_t)n * sizeof(float));
+                    if (op == 0) {
+                        mg_rmsnorm(a, x, w, n, 1e-6f);
+                        rms(b, x, w, n, 1e-6f);
+                    } else if (op == 1) {
+                        mg_softmax(a, n);
+                        sm(b, n);
+                    } else if (op == 2) {
+                        mg_silu(a, n);
+                        si(b, n);
+                    } else {
+                        mg_gelu(a, n);
+                        ge(b, n);
+                    }
+                    int bad = 0;
+                    for (int64_t i = 0; i < n; i++) {
+                        /* gelu: relative to |x| (its negative tail underflows, see numerics.md) */
+                        const double ref = op == 3 ? fabs((double)x[i]) : fabs((double)a[i]);
+                        const double e = fabs((double)a[i] - b[i]);
+                        bad += !(e <= 4e-7 * ref + 1e-37);
+                        if (ref > 1e-30 && e / ref > worst[op]) worst[op] = e / ref;
+                    }
+                    CHECK_MSG(bad == 0, "op %d path %d n=%lld scale %g: %d bad", op, which, (long long)n,
+                              scale, bad);
+                    checked++;
+                }
+            }
+        }
+        for (int64_t i = 0; i < n; i++) a[i] = -INFINITY;
+        mg_softmax_simd(a, n);
+        int nz = 0;
+        for (int64_t i = 0; i < n; i++) nz += a[i] != 0.0f;
+        CHECK_EQ_INT(nz, 0);
+        free(x);
+        free(w);
+        free(a);
+        free(b);
+    }
+    CHECK(checked > 0);
+    printf("    max rel diff from the scalar ops: rmsnorm %.2g softmax %.2g silu %.2g gelu %.2g\n",
+           worst[0], worst[1], worst[2], worst[3]);
 }
 
 TEST(kernels_get_row) {

@@ -1,0 +1,245 @@
+/*
+ * kernels_bench.c - matmul speed for the shapes the models run (llm.c dev/ style): each case is
+ * first checked against the scalar reference on a few rows (the SIMD path must stay within the
+ * docs/numerics.md tolerance), then timed over several repetitions; min and median are printed
+ * as GFLOP/s and as GB/s of weights streamed. Not a test: timings depend on the machine's load.
+ *
+ *     build/kernels_bench [-t threads] [-r reps] [type M N K]... | attn
+ *
+ * Without shape arguments it runs the standard list (LLaMA-7B decode and prefill, EVA ViT-g);
+ * "attn" times the attention loops of one decode step and the elementwise ops. Decode cases
+ * cycle through copies of the weights larger than the last-level cache. Wall times suffer from
+ * other processes on a busy machine; "cpu(thread 0)" is the calling thread's CPU time, which
+ * does not (with 2 threads it includes thread 0 spinning while it waits for the other).
+ */
+#include "kernels.h"
+#include "quant.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct {
+    const char *type;
+    int64_t M, N, K;
+    const char *what;
+} bench_case;
+
+static const bench_case std_cases[] = {
+    {"q4_0", 1, 16384, 4096, "7B decode (big)"},
+    {"q8_0", 1, 16384, 4096, "7B decode (big)"},
+    {"q4_0", 1, 4096, 11008, "7B decode ffn_down"},
+    {"q8_0", 1, 4096, 11008, "7B decode ffn_down"},
+    {"f16", 1, 4096, 4096, "7B decode f16"},
+    {"q4_0", 128, 4096, 4096, "7B prefill"},
+    {"q8_0", 128, 4096, 4096, "7B prefill"},
+    {"f16", 128, 4096, 4096, "7B prefill"},
+    {"f32", 64, 4096, 4096, "f32 square"},
+    {"f16", 64, 4096, 4096, "f16 square"},
+    {"bf16", 64, 4096, 4096, "bf16 square"},
+    {"f16", 257, 6144, 1408, "ViT-g fc1"},
+    {"f16", 257, 1408, 6144, "ViT-g fc2"},
+    {"q8_0", 257, 6144, 1408, "ViT-g fc1"},
+};
+
+static int parse_type(const char *s) {
+    for (int t = 0; t < MG_TYPE_COUNT; t++) {
+        const char *n = mg_type_name(t);
+        if (n && strcmp(n, s) == 0) return t;
+    }
+    return -1;
+}
+
+/* CPU time of the calling thread: with one thread it excludes the time the scheduler gave to
+ * other processes, so it stays meaningful on a busy machine (wall time is printed too). */
+static double thread_cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static uint64_t rng_state = 12345;
+static float rnd(void) {
+    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)((rng_state >> 40) & 0xffffff) / (float)(1 << 23) - 1.0f;
+}
+
+/* Runs one case; returns false when the check against the reference fails. */
+static bool run_case(mg_pool *pool, int nthreads, int reps, const char *tname, int64_t M, int64_t N,
+                     int64_t K, const char *what) {
+    int type = parse_type(tname);
+    size_t rs = type >= 0 ? mg_row_size(type, K) : 0;
+    if (!rs) {
+        fprintf(stderr, "bad case %s %lld %lld %lld\n", tname, (long long)M, (long long)N, (long long)K);
+        return false;
+    }
+    /* Decode streams the whole model from DRAM: cycle through enough copies of W that they
+     * cannot stay in the last-level cache (the weights of a real 7B model are 4-7 GB). */
+    const size_t wbytes = rs * (size_t)N;
+    const int copies = M <= 4 ? (int)MG_MIN((size_t)64, ((size_t)256 << 20) / wbytes + 1) : 1;
+    char *w = mg_malloc_aligned(wbytes * (size_t)copies);
+    float *x = mg_malloc_aligned((size_t)(M * K) * sizeof(float));
+    float *y = mg_malloc_aligned((size_t)(M * N) * sizeof(float));
+    float *yr = malloc((size_t)N * sizeof(float));
+    float *row = malloc((size_t)K * sizeof(float));
+    size_t ws = mg_matmul_work_size(type, M, K);
+    void *work = ws ? mg_malloc_aligned(ws) : NULL;
+    if (!w || !x || !y || !yr || !row || (ws && !work)) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t k = 0; k < K; k++) row[k] = rnd() * 0.1f;
+        mg_quantize_row(type, row, w + rs * (size_t)n, K);
+    }
+    for (int c = 1; c < copies; c++) memcpy(w + wbytes * (size_t)c, w, wbytes);
+    for (int64_t i = 0; i < M * K; i++) x[i] = rnd();
+
+    /* check: a few rows against the reference, relative to sum |x w| (bound from numerics.md) */
+    mg_matmul(pool, NULL, y, x, w, type, M, N, K, work);
+    mg_kernel_opts ref = {true};
+    double worst = 0;
+    const int64_t check_rows[3] = {0, M / 2, M - 1};
+    for (int c = 0; c < 3; c++) {
+        int64_t m = check_rows[c];
+        mg_matmul(NULL, &ref, yr, x + m * K, w, type, 1, N, K, work);
+        for (int64_t n = 0; n < N; n += 7) {
+            mg_get_row_f32(w, type, K, n, row);
+            double mag = 0;
+            for (int64_t k = 0; k < K; k++) mag += fabs((double)x[m * K + k] * row[k]);
+            double e = fabs((double)y[m * N + n] - yr[n]) / (mag + 1e-30) / (2e-7 * sqrt((double)K));
+            if (!(e <= worst)) worst = e;
+        }
+    }
+    bool ok = worst <= 16.0; /* ref and SIMD are each within 8 units of the exact sum */
+
+    double *t = malloc((size_t)reps * sizeof(double)), *tc = malloc((size_t)reps * sizeof(double));
+    for (int r = 0; r < reps; r++) {
+        double c0 = thread_cpu_s();
+        int64_t t0 = mg_time_us();
+        mg_matmul(pool, NULL, y, x, w + wbytes * (size_t)(r % copies), type, M, N, K, work);
+        t[r] = (double)(mg_time_us() - t0) * 1e-6;
+        tc[r] = thread_cpu_s() - c0;
+    }
+    qsort(t, (size_t)reps, sizeof *t, cmp_double);
+    qsort(tc, (size_t)reps, sizeof *tc, cmp_double);
+    double tmin = t[0], tmed = t[reps / 2], cmin = tc[0], cmed = tc[reps / 2];
+    double flop = 2.0 * (double)M * (double)N * (double)K, bytes = (double)rs * (double)N;
+    printf("%-5s M=%-5lld N=%-6lld K=%-6lld t=%d  min %8.3f ms (%7.1f GFLOP/s %6.1f GB/s)  "
+           "med %8.3f ms (%7.1f GFLOP/s %6.1f GB/s)  cpu(thread 0) min %.3f med %.3f ms  "
+           "err %.2f %s  %s\n",
+           tname, (long long)M, (long long)N, (long long)K, nthreads, tmin * 1e3, flop / tmin * 1e-9,
+           bytes / tmin * 1e-9, tmed * 1e3, flop / tmed * 1e-9, bytes / tmed * 1e-9, cmin * 1e3,
+           cmed * 1e3, worst,
+           ok ? "ok" : "FAIL", what);
+    fflush(stdout);
+    free(t);
+    free(tc);
+    mg_free_aligned(w);
+    mg_free_aligned(x);
+    mg_free_aligned(y);
+    free(yr);
+    free(row);
+    mg_free_aligned(work);
+    return ok;
+}
+
+/* Attention loops of one decode step: n_head heads of size d over n cached keys (stride
+ * n_head * d as in the session's cache). Compare with MINIGPT_FORCE_REF=1 for the reference. */
+static void run_attn(int reps, int64_t n, int d, int n_head) {
+    const int64_t stride = (int64_t)n_head * d;
+    float *kc = mg_malloc_aligned((size_t)(n * stride) * sizeof(float));
+    float *q = malloc((size_t)stride * sizeof(float)), *sc = malloc((size_t)n * sizeof(float));
+    float *o = malloc((size_t)stride * sizeof(float));
+    if (!kc || !q || !sc || !o) exit(1);
+    for (int64_t i = 0; i < n * stride; i++) kc[i] = rnd();
+    for (int64_t i = 0; i < stride; i++) q[i] = rnd();
+    double *t = malloc((size_t)reps * sizeof(double));
+    for (int r = 0; r < reps; r++) {
+        double c0 = thread_cpu_s();
+        for (int h = 0; h < n_head; h++) {
+            mg_attn_scores(sc, q + h * d, kc + h * d, stride, n, d, 0.1f);
+            for (int64_t j = 0; j < n; j++) sc[j] *= 1.0f / (float)n; /* stand-in for softmax */
+            mg_attn_values(o + h * d, sc, kc + h * d, stride, n, d);
+        }
+        t[r] = thread_cpu_s() - c0;
+    }
+    qsort(t, (size_t)reps, sizeof *t, cmp_double);
+    printf("attn  n=%lld d=%d heads=%d (1 thread): cpu min %.3f ms med %.3f ms (%.1f GFLOP/s)\n",
+           (long long)n, d, n_head, t[0] * 1e3, t[reps / 2] * 1e3, 4.0 * (double)n * stride / t[0] * 1e-9);
+    free(t);
+    mg_free_aligned(kc);
+    free(q);
+    free(sc);
+    free(o);
+}
+
+/* Scalar vs SIMD elementwise ops on n floats (1 thread, CPU time). */
+static void run_ops(int reps, int64_t n) {
+    float *x = malloc((size_t)n * sizeof(float)), *w = malloc((size_t)n * sizeof(float));
+    if (!x || !w) exit(1);
+    for (int op = 0; op < 8; op++) {
+        static const char *names[8] = {"softmax", "softmax_simd", "silu", "silu_simd",
+                                       "rmsnorm", "rmsnorm_simd", "gelu", "gelu_simd"};
+        double best = 1e30;
+        for (int r = 0; r < reps; r++) {
+            for (int64_t i = 0; i < n; i++) x[i] = rnd() * 8.0f;
+            for (int64_t i = 0; i < n; i++) w[i] = rnd();
+            double c0 = thread_cpu_s();
+            switch (op) {
+            case 0: mg_softmax(x, n); break;
+            case 1: mg_softmax_simd(x, n); break;
+            case 2: mg_silu(x, n); break;
+            case 3: mg_silu_simd(x, n); break;
+            case 4: mg_rmsnorm(x, x, w, n, 1e-6f); break;
+            case 5: mg_rmsnorm_simd(x, x, w, n, 1e-6f); break;
+            case 6: mg_gelu(x, n); break;
+            default: mg_gelu_simd(x, n); break;
+            }
+            best = MG_MIN(best, thread_cpu_s() - c0);
+        }
+        printf("%-13s n=%lld: cpu min %.3f ms (%.2f ns/element)\n", names[op], (long long)n, best * 1e3,
+               best * 1e9 / (double)n);
+    }
+    free(x);
+    free(w);
+}
+
+int main(int argc, char **argv) {
+    int nthreads = 2, reps = 10, a = 1;
+    for (; a < argc && argv[a][0] == '-'; a++) {
+        if (strcmp(argv[a], "-t") == 0 && a + 1 < argc) nthreads = atoi(argv[++a]);
+        else if (strcmp(argv[a], "-r") == 0 && a + 1 < argc) reps = atoi(argv[++a]);
+        else {
+            fprintf(stderr, "usage: %s [-t threads] [-r reps] [type M N K]...\n", argv[0]);
+            return 2;
+        }
+    }
+    if (reps < 1) reps = 1;
+    mg_pool *pool = NULL;
+    if (mg_pool_create(&pool, nthreads) != MG_OK) return 1;
+    printf("kernels: %s, %d threads, %d reps\n", mg_kernels_isa(), nthreads, reps);
+    bool ok = true;
+    if (a < argc && strcmp(argv[a], "attn") == 0) {
+        run_attn(reps, 2048, 128, 32);
+        run_attn(reps, 257, 88, 16);
+        run_ops(reps, 1 << 16);
+    } else if (a < argc) {
+        for (; a + 3 < argc; a += 4)
+            ok &= run_case(pool, nthreads, reps, argv[a], atoll(argv[a + 1]), atoll(argv[a + 2]),
+                           atoll(argv[a + 3]), "");
+    } else {
+        for (size_t i = 0; i < MG_ARRAY_LEN(std_cases); i++)
+            ok &= run_case(pool, nthreads, reps, std_cases[i].type, std_cases[i].M, std_cases[i].N,
+                           std_cases[i].K, std_cases[i].what);
+    }
+    mg_pool_free(pool);
+    return ok ? 0 : 1;
+}
