@@ -191,20 +191,10 @@ static void attn_task(void *vctx, int64_t i0, int64_t i1, int ith) {
         const int n_kv = a->pos0 + r + 1; /* causal: keys 0..pos */
         const size_t koff = (size_t)(h / n_rep) * hd;
         const float *qv = s->q + (size_t)r * q_dim + (size_t)h * hd;
-        for (int t = 0; t < n_kv; t++) {
-            const float *kv = a->kc + (size_t)t * kv_dim + koff;
-            float dot = 0.0f;
-            for (int i = 0; i < hd; i++) dot += qv[i] * kv[i];
-            sc[t] = dot * scale;
-        }
-        mg_softmax(sc, n_kv);
+        mg_attn_scores(sc, qv, a->kc + koff, (int64_t)kv_dim, n_kv, hd, scale);
+        mg_softmax_simd(sc, n_kv);
         float *o = s->att + (size_t)r * q_dim + (size_t)h * hd;
-        memset(o, 0, (size_t)hd * sizeof(float));
-        for (int t = 0; t < n_kv; t++) {
-            const float *vv = a->vc + (size_t)t * kv_dim + koff;
-            const float p = sc[t];
-            for (int i = 0; i < hd; i++) o[i] += p * vv[i];
-        }
+        mg_attn_values(o, sc, a->vc + koff, (int64_t)kv_dim, n_kv, hd);
     }
 }
 
@@ -223,7 +213,7 @@ static void forward_chunk(mg_session *s, int M, bool want_logits) {
         const llama_layer *L = &lm->layers[il];
         float *kc = s->k_cache + (size_t)il * s->n_ctx * kv_dim;
         float *vc = s->v_cache + (size_t)il * s->n_ctx * kv_dim;
-        for (int r = 0; r < M; r++) mg_rmsnorm(s->xn + r * d, s->x + r * d, L->attn_norm, d, hp->rms_eps);
+        for (int r = 0; r < M; r++) mg_rmsnorm_simd(s->xn + r * d, s->x + r * d, L->attn_norm, d, hp->rms_eps);
         matmul(s, s->q, s->xn, &L->wq, M);
         matmul(s, kc + (size_t)pos0 * kv_dim, s->xn, &L->wk, M);
         matmul(s, vc + (size_t)pos0 * kv_dim, s->xn, &L->wv, M);
@@ -236,17 +226,17 @@ static void forward_chunk(mg_session *s, int M, bool want_logits) {
         matmul(s, s->xn, s->att, &L->wo, M);
         mg_vec_add(s->x, s->xn, M * d);
 
-        for (int r = 0; r < M; r++) mg_rmsnorm(s->xn + r * d, s->x + r * d, L->ffn_norm, d, hp->rms_eps);
+        for (int r = 0; r < M; r++) mg_rmsnorm_simd(s->xn + r * d, s->x + r * d, L->ffn_norm, d, hp->rms_eps);
         matmul(s, s->gate, s->xn, &L->w_gate, M);
         matmul(s, s->up, s->xn, &L->w_up, M);
-        mg_silu(s->gate, M * ff);
+        mg_silu_simd(s->gate, M * ff);
         mg_vec_mul(s->gate, s->up, M * ff);
         matmul(s, s->xn, s->gate, &L->w_down, M);
         mg_vec_add(s->x, s->xn, M * d);
     }
     s->n_past += M;
     if (want_logits) {
-        mg_rmsnorm(s->xn, s->x + (size_t)(M - 1) * d, lm->output_norm, d, hp->rms_eps);
+        mg_rmsnorm_simd(s->xn, s->x + (size_t)(M - 1) * d, lm->output_norm, d, hp->rms_eps);
         matmul(s, s->logits, s->xn, &lm->output, 1);
         s->has_logits = true;
     }

@@ -487,7 +487,7 @@ typedef struct {
 
 static void gelu_task(void *ctx, int64_t i0, int64_t i1, int ith) {
     const rows_ctx *c = ctx;
-    mg_gelu(c->x + i0 * c->n, (i1 - i0) * c->n);
+    mg_gelu_simd(c->x + i0 * c->n, (i1 - i0) * c->n);
 }
 
 /* Exact (erf) GELU split across the pool by rows. */
@@ -498,7 +498,7 @@ void vision_gelu_rows(mg_pool *pool, float *x, int64_t M, int64_t n) {
 
 static void softmax_task(void *ctx, int64_t i0, int64_t i1, int ith) {
     const rows_ctx *c = ctx;
-    for (int64_t i = i0; i < i1; i++) mg_softmax(c->x + i * c->n, c->n);
+    for (int64_t i = i0; i < i1; i++) mg_softmax_simd(c->x + i * c->n, c->n);
 }
 
 /* One head at a time, so the scores of a head ([Tq, Tk], 4 MiB at 1025 tokens) stay the only
