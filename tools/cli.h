@@ -14,6 +14,27 @@
 int cmd_info(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_image(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
+int cmd_synth(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_quality(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+
+/* Progress bar on stderr for long writes (quantize, convert), drawn only when stderr is a
+ * terminal; cli_progress_cb is a conv_progress_fn whose user pointer is the cli_progress. */
+typedef struct {
+    double t0, last;
+    int tty, drawn;
+} cli_progress;
+void cli_progress_init(cli_progress *p);
+int cli_progress_cb(void *user, uint64_t done, uint64_t total, const char *name);
+void cli_progress_end(cli_progress *p);
 
 /* Prints "minigpt CMD: message" to stderr and returns 1 (for `return cli_error(...)`). */
 int cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

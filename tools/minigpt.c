@@ -16,9 +16,20 @@ static const struct {
     int (*fn)(int, char **);
     const char *summary;
 } commands[] = {
+    {"run", cmd_run, "ask a MiniGPT model about an image: grounded answer, JSON, boxes drawn"},
+    {"chat", cmd_chat, "talk with a MiniGPT model about an image (stdin lines, streamed answers)"},
+    {"serve", cmd_serve, "OpenAI-compatible HTTP API and a grounded web demo (127.0.0.1:8080)"},
     {"generate", cmd_generate, "generate text with a LLaMA-family GGUF model"},
     {"tokenize", cmd_tokenize, "turn text into token ids (and back) with a LLaMA tokenizer"},
+    {"bench", cmd_bench, "time prefill and decode of a GGUF or synthetic model"},
     {"info", cmd_info, "print a GGUF file's metadata and tensor table"},
+    {"image", cmd_image, "decode and resize an image exactly as the model sees it"},
+    {"quantize", cmd_quantize, "re-type the tensors of a GGUF file (f32 f16 bf16 q8_0 q4_0)"},
+    {"convert", cmd_convert, "build a GGUF from official checkpoints (HF LLaMA, EVA ViT, MiniGPT)"},
+    {"synth", cmd_synth, "render a synthetic grounded data set (images, tasks, eval ground truth)"},
+    {"train", cmd_train, "train a small MiniGPT-v2 model on the synthetic world or a folder"},
+    {"eval", cmd_eval, "score answers: RefCOCO, VQA, detection, grounding, identify, caption"},
+    {"quality", cmd_quality, "compare a re-typed model with its reference: top-1, KL, ViT cosine"},
 };
 
 int cli_error(const char *cmd, const char *fmt, ...) {

@@ -1,0 +1,505 @@
+/*
+ * cmd_bench.c - `minigpt bench`: times prefill (prompt processing) and decode (token generation)
+ * of a GGUF model, or of a synthetic model with the real shapes and random weights, and reports
+ * the median and the minimum of N timed runs after warm-up runs, as a table or as JSON.
+ *
+ * A synthetic model is written by a child process to a temporary file (TMPDIR, default /tmp) that
+ * is unlinked as soon as the model has mapped it, so the child's generation buffers never count
+ * in the reported peak RSS and nothing is left behind. Token ids are fixed pseudo-random ids, so
+ * the tokenizer is not timed. Decode feeds back the greedy (argmax) token and ignores EOS.
+ */
+#include "cli.h"
+#include "kernels.h"
+#include "quant.h"
+#include "synth.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_LIST 16
+
+typedef struct {
+    int v[MAX_LIST];
+    int n;
+} int_list;
+
+typedef struct {
+    const char *model_path;
+    const char *preset;
+    int type;
+    int n_threads;
+    int reps;
+    int warmup;
+    int_list prompt, depth, image;
+    int gen;
+    bool json;
+    const char *write_out;
+    uint64_t seed;
+} bench_opts;
+
+/* One timed test: per-run wall times in ms. */
+typedef struct {
+    const char *kind; /* "prefill", "decode" */
+    int n_tokens;
+    int depth;
+    double *ms;       /* [reps] */
+    double ms_median, ms_min;
+} bench_result;
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: minigpt bench (-m FILE | --synthetic PRESET [--type T]) [options]\n\n"
+            "  -m, --model FILE       GGUF model to time\n"
+            "      --synthetic NAME   time a model with random weights and the real shapes:\n");
+    for (int i = 0; synth_preset_at(i); i++)
+        if (!synth_preset_at(i)->hidden)
+            fprintf(f, "                           %-13s %s\n", synth_preset_at(i)->name, synth_preset_at(i)->about);
+    fprintf(f,
+            "      --type T           synthetic weight type: f32, f16, bf16, q8_0, q4_0 (default q4_0)\n"
+            "      --write-gguf OUT   write the synthetic model to OUT and exit (to time it elsewhere)\n"
+            "  -t, --threads N        worker threads (default: cores, at most 8)\n"
+            "  -r, --reps N           timed runs per test (default 5); median and min are reported\n"
+            "      --warmup N         untimed runs before each test (default 1)\n"
+            "      --prompt LIST      prefill lengths, comma-separated (default 128,512; 0 = none)\n"
+            "      --depth LIST       decode after a prefill of this many tokens (default 0,512)\n"
+            "      --gen N            tokens per decode run (default 32; 0 = no decode)\n"
+            "      --image LIST       image-encode sizes (default 224,448; 0 = none)\n"
+            "      --seed N           seed of the synthetic weights and token ids (default 1)\n"
+            "      --json             one JSON object on stdout instead of the table\n");
+}
+
+/* ==== Option parsing ==== */
+
+static bool parse_list(const char *s, int lo, int hi, int_list *out) {
+    out->n = 0;
+    if (!s || !*s) return false;
+    char buf[256];
+    if (strlen(s) >= sizeof buf) return false;
+    strcpy(buf, s);
+    char *save = NULL;
+    int n_items = 0;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        long long v;
+        if (!cli_parse_int(tok, lo, hi, &v) || n_items >= MAX_LIST) return false;
+        n_items++;
+        out->v[out->n++] = (int)v;
+    }
+    return n_items > 0 && s[strlen(s) - 1] != ',' && s[0] != ',' && !strstr(s, ",,");
+}
+
+/* Drops zeros (the "none" entries) from a list. */
+static void drop_zeros(int_list *l) {
+    int k = 0;
+    for (int i = 0; i < l->n; i++)
+        if (l->v[i] != 0) l->v[k++] = l->v[i];
+    l->n = k;
+}
+
+static int usage_error(const char *fmt, const char *arg) {
+    fprintf(stderr, "minigpt bench: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, " (see minigpt bench --help)\n");
+    return 2;
+}
+
+/* Returns -1 when parsing succeeded, else the exit status. */
+static int parse_args(int argc, char **argv, bench_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->type = MG_TYPE_Q4_0;
+    o->n_threads = cli_default_threads();
+    o->reps = 5;
+    o->warmup = 1;
+    o->gen = 32;
+    o->seed = 1;
+    o->prompt = (int_list){{128, 512}, 2};
+    o->depth = (int_list){{0, 512}, 2};
+    o->image = (int_list){{224, 448}, 2};
+    bool type_given = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (cli_is_help(a)) {
+            usage(stdout);
+            return 0;
+        }
+        if (strcmp(a, "--json") == 0) {
+            o->json = true;
+            continue;
+        }
+        if (a[0] != '-') return usage_error("unexpected argument '%s'", a);
+        if (i + 1 >= argc) return usage_error("option %s needs a value", a);
+        const char *v = argv[++i];
+        long long n;
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+            o->model_path = v;
+        } else if (!strcmp(a, "--synthetic")) {
+            o->preset = v;
+            if (!synth_find_preset(v)) return usage_error("unknown synthetic preset '%s'", v);
+        } else if (!strcmp(a, "--type")) {
+            o->type = mg_type_from_name(v);
+            if (o->type != MG_TYPE_F32 && o->type != MG_TYPE_F16 && o->type != MG_TYPE_BF16 &&
+                o->type != MG_TYPE_Q8_0 && o->type != MG_TYPE_Q4_0)
+                return usage_error("--type '%s' is not one of f32, f16, bf16, q8_0, q4_0", v);
+            type_given = true;
+        } else if (!strcmp(a, "--write-gguf")) {
+            o->write_out = v;
+        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+            if (!cli_parse_int(v, 1, 256, &n)) return usage_error("bad thread count '%s' (1..256)", v);
+            o->n_threads = (int)n;
+        } else if (!strcmp(a, "-r") || !strcmp(a, "--reps")) {
+            if (!cli_parse_int(v, 1, 1000, &n)) return usage_error("bad repetition count '%s' (1..1000)", v);
+            o->reps = (int)n;
+        } else if (!strcmp(a, "--warmup")) {
+            if (!cli_parse_int(v, 0, 1000, &n)) return usage_error("bad warm-up count '%s' (0..1000)", v);
+            o->warmup = (int)n;
+        } else if (!strcmp(a, "--gen")) {
+            if (!cli_parse_int(v, 0, 65536, &n)) return usage_error("bad --gen '%s' (0..65536)", v);
+            o->gen = (int)n;
+        } else if (!strcmp(a, "--seed")) {
+            if (!cli_parse_int(v, 0, INT64_MAX, &n)) return usage_error("bad --seed '%s'", v);
+            o->seed = (uint64_t)n;
+        } else if (!strcmp(a, "--prompt")) {
+            if (!parse_list(v, 0, 65536, &o->prompt)) return usage_error("bad --prompt list '%s' (e.g. 128,512)", v);
+        } else if (!strcmp(a, "--depth")) {
+            if (!parse_list(v, 0, 65536, &o->depth)) return usage_error("bad --depth list '%s' (e.g. 0,512)", v);
+        } else if (!strcmp(a, "--image")) {
+            if (!parse_list(v, 0, 4096, &o->image)) return usage_error("bad --image list '%s' (e.g. 224,448)", v);
+        } else {
+            return usage_error("unknown option '%s'", a);
+        }
+    }
+    if (!o->model_path == !o->preset) return usage_error("%s", "give exactly one of -m FILE and --synthetic PRESET");
+    if (type_given && !o->preset) return usage_error("%s", "--type only applies to --synthetic");
+    if (o->write_out && !o->preset) return usage_error("%s", "--write-gguf needs --synthetic PRESET");
+    drop_zeros(&o->prompt);
+    drop_zeros(&o->image);
+    for (int i = 0; i < o->image.n; i++)
+        if (o->image.v[i] % 14 != 0) return usage_error("%s", "--image sizes must be multiples of 14 (224, 448)");
+    if (o->gen == 0) o->depth.n = 0;
+    return -1;
+}
+
+/* ==== Helpers ==== */
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void summarize(bench_result *r, int reps) {
+    double *s = malloc((size_t)reps * sizeof *s);
+    if (!s) return;
+    memcpy(s, r->ms, (size_t)reps * sizeof *s);
+    qsort(s, (size_t)reps, sizeof *s, cmp_double);
+    r->ms_min = s[0];
+    r->ms_median = reps % 2 ? s[reps / 2] : 0.5 * (s[reps / 2 - 1] + s[reps / 2]);
+    free(s);
+}
+
+static double peak_rss_mib(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return -1;
+    return (double)ru.ru_maxrss / 1024.0; /* ru_maxrss is in KiB on Linux */
+}
+
+/* CPU model name from /proc/cpuinfo (empty when unknown). */
+static void cpu_name(char *buf, size_t len) {
+    buf[0] = 0;
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "model name", 10) != 0) continue;
+        const char *c = strchr(line, ':');
+        if (!c) break;
+        c++;
+        while (*c == ' ' || *c == '\t') c++;
+        snprintf(buf, len, "%s", c);
+        buf[strcspn(buf, "\n")] = 0;
+        break;
+    }
+    fclose(f);
+}
+
+/* Writes a synthetic model in a child process so that its buffers stay out of our peak RSS.
+ * Returns 0, or 1 after printing the error. */
+static int write_synthetic(const bench_opts *o, const char *path) {
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) return cli_error("bench", "fork failed: %s", strerror(errno));
+    if (pid == 0) {
+        char err[256];
+        mg_status st = synth_write_gguf(synth_find_preset(o->preset), o->type, o->seed, path, err, sizeof err);
+        if (st != MG_OK) fprintf(stderr, "minigpt bench: %s\n", err);
+        fflush(stderr);
+        _exit(st == MG_OK ? 0 : 1);
+    }
+    int ws;
+    while (waitpid(pid, &ws, 0) < 0)
+        if (errno != EINTR) return cli_error("bench", "waitpid failed: %s", strerror(errno));
+    if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0) {
+        if (!WIFEXITED(ws)) cli_error("bench", "the synthetic model writer died (signal %d)", WTERMSIG(ws));
+        return 1;
+    }
+    return 0;
+}
+
+/* ==== Timed tests ==== */
+
+typedef struct {
+    mg_session *s;
+    const int32_t *ids; /* [n_ids] fixed pseudo-random prompt */
+    int n_vocab;
+} bench_ctx;
+
+static int argmax(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* One prefill of n tokens from an empty cache; returns ms or < 0 on error. */
+static double run_prefill(bench_ctx *c, int n) {
+    if (mg_session_rewind(c->s, 0) != MG_OK) return -1;
+    double t0 = now_ms();
+    if (mg_session_eval_tokens(c->s, c->ids, n) != MG_OK) return -1;
+    return now_ms() - t0;
+}
+
+/* Decodes n tokens one at a time after `depth` cached positions (already evaluated). */
+static double run_decode(bench_ctx *c, int depth, int n) {
+    if (mg_session_rewind(c->s, depth) != MG_OK) return -1;
+    int32_t id = c->ids[depth];
+    double t0 = now_ms();
+    for (int i = 0; i < n; i++) {
+        if (mg_session_eval_tokens(c->s, &id, 1) != MG_OK) return -1;
+        id = argmax(mg_session_logits(c->s), c->n_vocab);
+    }
+    return now_ms() - t0;
+}
+
+/* Runs warm-ups then reps timed runs of one test into r. Returns 0 or 1 (error printed). */
+static int run_test(bench_ctx *c, const bench_opts *o, bench_result *r) {
+    if (!strcmp(r->kind, "decode")) {
+        /* fill the cache to the depth once; every run rewinds to it */
+        if (mg_session_rewind(c->s, 0) != MG_OK ||
+            (r->depth > 0 && mg_session_eval_tokens(c->s, c->ids, r->depth) != MG_OK))
+            return cli_error("bench", "prefill to depth %d failed: %s", r->depth, mg_session_errmsg(c->s));
+    }
+    for (int i = 0; i < o->warmup + o->reps; i++) {
+        double ms = !strcmp(r->kind, "prefill") ? run_prefill(c, r->n_tokens) : run_decode(c, r->depth, r->n_tokens);
+        if (ms < 0) return cli_error("bench", "%s failed: %s", r->kind, mg_session_errmsg(c->s));
+        if (i >= o->warmup) r->ms[i - o->warmup] = ms;
+    }
+    summarize(r, o->reps);
+    return 0;
+}
+
+/* ==== Output ==== */
+
+static const char *image_note(void) {
+    return "skipped: the vision encoder has no public entry point yet (and synthetic presets hold only the LLM)";
+}
+
+static void print_table(const bench_opts *o, const char *what, const char *desc, uint64_t file_bytes,
+                        const bench_result *res, int n_res, double rss, const char *cpu) {
+    printf("minigpt bench: %s\n", what);
+    printf("model: %s, file %.2f GiB\n", desc, (double)file_bytes / (1024.0 * 1024.0 * 1024.0));
+    printf("cpu: %s | isa %s | threads %d | %d runs after %d warm-up\n\n", cpu[0] ? cpu : "?", mg_kernels_isa(),
+           o->n_threads, o->reps, o->warmup);
+    printf("| %-18s | %11s | %11s | %12s | %12s |\n", "test", "median ms", "min ms", "median tok/s", "best tok/s");
+    printf("|%s|%s|%s|%s|%s|\n", "--------------------", "------------:", "------------:", "-------------:",
+           "-------------:");
+    for (int i = 0; i < o->image.n; i++)
+        printf("| image %-12d | %s\n", o->image.v[i], image_note());
+    for (int i = 0; i < n_res; i++) {
+        const bench_result *r = &res[i];
+        char name[40];
+        if (!strcmp(r->kind, "prefill")) snprintf(name, sizeof name, "prefill pp%d", r->n_tokens);
+        else snprintf(name, sizeof name, "decode tg%d @ %d", r->n_tokens, r->depth);
+        printf("| %-18s | %11.1f | %11.1f | %12.2f | %12.2f |\n", name, r->ms_median, r->ms_min,
+               r->n_tokens * 1e3 / r->ms_median, r->n_tokens * 1e3 / r->ms_min);
+    }
+    printf("\npeak RSS %.1f MiB\n", rss);
+}
+
+static int print_json(const bench_opts *o, const char *what, const char *desc, uint64_t file_bytes,
+                      const bench_result *res, int n_res, double rss, const char *cpu, const mg_model *m) {
+    json_t *root = json_object();
+    json_object_set_new(root, "minigpt_version", json_string(MG_VERSION));
+    json_object_set_new(root, "model", json_string(what));
+    json_object_set_new(root, "desc", json_string(desc));
+    json_object_set_new(root, "synthetic", o->preset ? json_string(o->preset) : json_null());
+    json_object_set_new(root, "synthetic_storage",
+                        o->preset ? json_string("temporary file, unlinked after the model mapped it") : json_null());
+    json_object_set_new(root, "type", json_string(o->preset ? mg_type_name(o->type) : ""));
+    json_object_set_new(root, "file_bytes", json_integer((json_int_t)file_bytes));
+    json_object_set_new(root, "n_layer", json_integer(mg_model_n_layer(m)));
+    json_object_set_new(root, "n_embd", json_integer(mg_model_n_embd(m)));
+    json_object_set_new(root, "n_vocab", json_integer(mg_model_n_vocab(m)));
+    json_object_set_new(root, "isa", json_string(mg_kernels_isa()));
+    json_object_set_new(root, "threads", json_integer(o->n_threads));
+    json_object_set_new(root, "reps", json_integer(o->reps));
+    json_object_set_new(root, "warmup", json_integer(o->warmup));
+    json_object_set_new(root, "cpu", json_string(cpu));
+    json_object_set_new(root, "compiler", json_string(__VERSION__));
+    json_t *img = json_array();
+    for (int i = 0; i < o->image.n; i++) {
+        json_t *e = json_object();
+        json_object_set_new(e, "size", json_integer(o->image.v[i]));
+        json_object_set_new(e, "ms_median", json_null());
+        json_object_set_new(e, "ms_min", json_null());
+        json_object_set_new(e, "note", json_string(image_note()));
+        json_array_append_new(img, e);
+    }
+    json_object_set_new(root, "image", img);
+    json_t *pre = json_array(), *dec = json_array();
+    for (int i = 0; i < n_res; i++) {
+        const bench_result *r = &res[i];
+        json_t *e = json_object(), *runs = json_array();
+        bool is_pre = !strcmp(r->kind, "prefill");
+        json_object_set_new(e, is_pre ? "n_prompt" : "n_gen", json_integer(r->n_tokens));
+        if (!is_pre) json_object_set_new(e, "depth", json_integer(r->depth));
+        json_object_set_new(e, "ms_median", json_real(r->ms_median));
+        json_object_set_new(e, "ms_min", json_real(r->ms_min));
+        json_object_set_new(e, "tok_s_median", json_real(r->n_tokens * 1e3 / r->ms_median));
+        json_object_set_new(e, "tok_s_best", json_real(r->n_tokens * 1e3 / r->ms_min));
+        for (int k = 0; k < o->reps; k++) json_array_append_new(runs, json_real(r->ms[k]));
+        json_object_set_new(e, "runs_ms", runs);
+        json_array_append_new(is_pre ? pre : dec, e);
+    }
+    json_object_set_new(root, "prefill", pre);
+    json_object_set_new(root, "decode", dec);
+    json_object_set_new(root, "peak_rss_mib", json_real(rss));
+    char *s = json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    if (!s) return cli_error("bench", "out of memory");
+    puts(s);
+    free(s);
+    return 0;
+}
+
+/* ==== Entry point ==== */
+
+/* `minigpt bench`: see usage(). */
+int cmd_bench(int argc, char **argv) {
+    bench_opts o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc >= 0) return rc;
+
+    if (o.write_out) {
+        if (write_synthetic(&o, o.write_out)) return 1;
+        const synth_preset *p = synth_find_preset(o.preset);
+        printf("wrote %s: synthetic %s, %s, %.2f B weights, %.2f GiB of tensor data\n", o.write_out, p->name,
+               mg_type_name(o.type), (double)synth_n_params(p) * 1e-9,
+               (double)synth_data_bytes(p, o.type) / (1024.0 * 1024.0 * 1024.0));
+        return 0;
+    }
+
+    char tmp_path[4096] = "";
+    const char *path = o.model_path;
+    if (o.preset) {
+        const char *dir = getenv("TMPDIR");
+        snprintf(tmp_path, sizeof tmp_path, "%s/minigpt-bench-XXXXXX", dir && *dir ? dir : "/tmp");
+        int fd = mkstemp(tmp_path);
+        if (fd < 0) return cli_error("bench", "cannot create a temporary file %s: %s", tmp_path, strerror(errno));
+        close(fd);
+        if (write_synthetic(&o, tmp_path)) {
+            unlink(tmp_path);
+            return 1;
+        }
+        path = tmp_path;
+    }
+    uint64_t file_bytes = 0;
+    struct stat sb;
+    if (stat(path, &sb) == 0) file_bytes = (uint64_t)sb.st_size;
+
+    char err[512];
+    mg_model *m = NULL;
+    mg_model_params mp = mg_model_default_params();
+    mp.n_threads = o.n_threads;
+    mg_status st = mg_model_open(&m, path, &mp, err, sizeof err);
+    if (tmp_path[0]) unlink(tmp_path);
+    if (st != MG_OK) return cli_error("bench", "%s", err);
+
+    int max_prompt = 0, max_ctx = 1;
+    for (int i = 0; i < o.prompt.n; i++) max_prompt = MG_MAX(max_prompt, o.prompt.v[i]);
+    max_ctx = MG_MAX(max_ctx, max_prompt);
+    for (int i = 0; i < o.depth.n; i++) max_ctx = MG_MAX(max_ctx, o.depth.v[i] + o.gen);
+    int n_ids = max_ctx + 1;
+
+    mg_session *s = NULL;
+    mg_session_params sp = mg_session_default_params();
+    sp.n_ctx = max_ctx;
+    sp.n_batch = MG_MAX(512, max_prompt);
+    int32_t *ids = malloc((size_t)n_ids * sizeof *ids);
+    int n_res = o.prompt.n + o.depth.n;
+    bench_result *res = calloc((size_t)MG_MAX(n_res, 1), sizeof *res);
+    double *ms = malloc((size_t)MG_MAX(n_res, 1) * (size_t)o.reps * sizeof *ms);
+    rc = 1;
+    if (!ids || !res || !ms) {
+        cli_error("bench", "out of memory");
+        goto done;
+    }
+    if (mg_session_create(&s, m, &sp, err, sizeof err) != MG_OK) {
+        cli_error("bench", "%s", err);
+        goto done;
+    }
+    /* fixed pseudo-random prompt over the ordinary pieces (past <unk>, <s>, </s>) */
+    int n_tok = mg_tokenizer_n_vocab(mg_model_tokenizer(m));
+    uint64_t rs = o.seed * 0x9E3779B97F4A7C15ull + 12345;
+    for (int i = 0; i < n_ids; i++) {
+        rs ^= rs << 13, rs ^= rs >> 7, rs ^= rs << 17;
+        ids[i] = n_tok > 3 ? 3 + (int32_t)(rs % (uint64_t)(n_tok - 3)) : 0;
+    }
+    ids[0] = mg_token_bos(mg_model_tokenizer(m)) >= 0 ? mg_token_bos(mg_model_tokenizer(m)) : ids[0];
+
+    bench_ctx c = {s, ids, mg_model_n_vocab(m)};
+    for (int i = 0; i < n_res; i++) {
+        bench_result *r = &res[i];
+        r->ms = ms + (size_t)i * (size_t)o.reps;
+        if (i < o.prompt.n) {
+            r->kind = "prefill";
+            r->n_tokens = o.prompt.v[i];
+        } else {
+            r->kind = "decode";
+            r->n_tokens = o.gen;
+            r->depth = o.depth.v[i - o.prompt.n];
+        }
+        if (!o.json && isatty(STDERR_FILENO))
+            fprintf(stderr, "  timing %s of %d tokens (depth %d) ...\n", r->kind, r->n_tokens, r->depth);
+        if (run_test(&c, &o, r)) goto done;
+    }
+
+    char what[4200], cpu[256];
+    if (o.preset) snprintf(what, sizeof what, "synthetic %s %s", o.preset, mg_type_name(o.type));
+    else snprintf(what, sizeof what, "%s", o.model_path);
+    cpu_name(cpu, sizeof cpu);
+    double rss = peak_rss_mib();
+    if (o.json) rc = print_json(&o, what, mg_model_desc(m), file_bytes, res, n_res, rss, cpu, m);
+    else {
+        print_table(&o, what, mg_model_desc(m), file_bytes, res, n_res, rss, cpu);
+        rc = 0;
+    }
+done:
+    free(ms);
+    free(res);
+    free(ids);
+    mg_session_free(s);
+    mg_model_close(m);
+    return rc;
+}
