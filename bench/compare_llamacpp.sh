@@ -29,7 +29,7 @@ echo "# $(date -u +%FT%TZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) 
 echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for T in $TYPES; do
     F="$OUTDIR/$PRESET-$T.gguf"
-    [ -s "$F" ] || "$MG" bench --synthetic "$PRESET" --type "$T" --write-gguf "$F"
+    [ -s "$F" ] || "$MG" bench --synthetic "$PRESET" --type "$T" --llm-only --write-gguf "$F"
     echo "## $PRESET $T: llama-bench -m $F -t $THREADS -p $PROMPTS -n $GEN -r $REPS"
     /usr/bin/time -v "$LLAMA_BENCH" -m "$F" -t "$THREADS" -p "$PROMPTS" -n "$GEN" -r "$REPS" \
         2> "$OUTDIR/llama-bench-$T.time" | tee "$OUTDIR/llama-bench-$T.md"

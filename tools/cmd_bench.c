@@ -1,7 +1,13 @@
 /*
- * cmd_bench.c - `minigpt bench`: times prefill (prompt processing) and decode (token generation)
- * of a GGUF model, or of a synthetic model with the real shapes and random weights, and reports
- * the median and the minimum of N timed runs after warm-up runs, as a table or as JSON.
+ * cmd_bench.c - `minigpt bench`: times image encode (mg_vl_encode_stages: ViT, Q-Former or merge,
+ * projection), prefill (prompt processing) and decode (token generation) of a GGUF model, or of a
+ * synthetic model with the real shapes and random weights, and reports the median and the minimum
+ * of N timed runs after warm-up runs, as a table or as JSON.
+ *
+ * Image sizes: a model file fixes its input size (minigpt.vision.image_size), so -m FILE is timed
+ * at that size only. A synthetic preset can be written at any size (the loader interpolates the
+ * stored 16x16 position embedding): sizes other than the full model's, and every size under
+ * --vision-only, are timed on a separate file holding the vision side and a 1-layer stand-in LLM.
  *
  * A synthetic model is written by a child process to a temporary file (TMPDIR, default /tmp) that
  * is unlinked as soon as the model has mapped it, so the child's generation buffers never count
@@ -35,6 +41,10 @@ typedef struct {
     const char *model_path;
     const char *preset;
     int type;
+    int vision_type;  /* synthetic vision matrices (default: type) */
+    bool vision_only; /* image encode only: no prefill / decode */
+    bool llm_only;    /* synthetic: write the LLM alone (a plain llama file) */
+    bool image_given; /* --image given; else the model's native size */
     int n_threads;
     int reps;
     int warmup;
@@ -54,16 +64,34 @@ typedef struct {
     double ms_median, ms_min;
 } bench_result;
 
+/* One image size: timed (ms != NULL) or not possible (note says why). */
+typedef struct {
+    int size;
+    bool native;       /* the size the model (or preset) was made for */
+    bool timed;
+    int n_img_tok;     /* embedding rows one image gives */
+    const char *source; /* "model" or "vision-stub" (a separate synthetic file) */
+    char note[200];
+    double *ms;        /* [reps] */
+    double ms_median, ms_min;
+} image_result;
+
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: minigpt bench (-m FILE | --synthetic PRESET [--type T]) [options]\n\n"
+            "usage: minigpt bench (-m FILE | --synthetic PRESET [--type T] [--vision-type T]) [options]\n\n"
             "  -m, --model FILE       GGUF model to time\n"
             "      --synthetic NAME   time a model with random weights and the real shapes:\n");
     for (int i = 0; synth_preset_at(i); i++)
         if (!synth_preset_at(i)->hidden)
             fprintf(f, "                           %-13s %s\n", synth_preset_at(i)->name, synth_preset_at(i)->about);
     fprintf(f,
-            "      --type T           synthetic weight type: f32, f16, bf16, q8_0, q4_0 (default q4_0)\n"
+            "      --type T           synthetic matrix type: f32, f16, bf16, q8_0, q4_0 (default q4_0)\n"
+            "      --vision-type T    synthetic vision matrix type (default: --type; norms, biases and\n"
+            "                         embeddings are f32, the patch embedding f16 when T is quantized)\n"
+            "      --llm-only         synthetic: the language model alone, a plain llama file that\n"
+            "                         llama.cpp loads too (no image encode)\n"
+            "      --vision-only      time the image encode only (synthetic: writes the vision side and\n"
+            "                         a 1-layer stand-in LLM instead of the whole model)\n"
             "      --write-gguf OUT   write the synthetic model to OUT and exit (to time it elsewhere)\n"
             "  -t, --threads N        worker threads (default: cores, at most 8)\n"
             "  -r, --reps N           timed runs per test (default 5); median and min are reported\n"
@@ -71,7 +99,8 @@ static void usage(FILE *f) {
             "      --prompt LIST      prefill lengths, comma-separated (default 128,512; 0 = none)\n"
             "      --depth LIST       decode after a prefill of this many tokens (default 0,512)\n"
             "      --gen N            tokens per decode run (default 32; 0 = no decode)\n"
-            "      --image LIST       image-encode sizes (default 224,448; 0 = none)\n"
+            "      --image LIST       image-encode sizes (default: the model's own; 0 = none); sizes\n"
+            "                         other than the model's need --synthetic\n"
             "      --seed N           seed of the synthetic weights and token ids (default 1)\n"
             "      --json             one JSON object on stdout instead of the table\n");
 }
@@ -121,16 +150,18 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
     o->seed = 1;
     o->prompt = (int_list){{128, 512}, 2};
     o->depth = (int_list){{0, 512}, 2};
-    o->image = (int_list){{224, 448}, 2};
-    bool type_given = false;
+    o->image = (int_list){{0}, 0};
+    bool type_given = false, vtype_given = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) {
             usage(stdout);
             return 0;
         }
-        if (strcmp(a, "--json") == 0) {
-            o->json = true;
+        if (strcmp(a, "--json") == 0 || strcmp(a, "--vision-only") == 0 || strcmp(a, "--llm-only") == 0) {
+            if (a[2] == 'j') o->json = true;
+            else if (a[2] == 'v') o->vision_only = true;
+            else o->llm_only = true;
             continue;
         }
         if (a[0] != '-') return usage_error("unexpected argument '%s'", a);
@@ -148,6 +179,12 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
                 o->type != MG_TYPE_Q8_0 && o->type != MG_TYPE_Q4_0)
                 return usage_error("--type '%s' is not one of f32, f16, bf16, q8_0, q4_0", v);
             type_given = true;
+        } else if (!strcmp(a, "--vision-type")) {
+            o->vision_type = mg_type_from_name(v);
+            if (o->vision_type != MG_TYPE_F32 && o->vision_type != MG_TYPE_F16 && o->vision_type != MG_TYPE_BF16 &&
+                o->vision_type != MG_TYPE_Q8_0 && o->vision_type != MG_TYPE_Q4_0)
+                return usage_error("--vision-type '%s' is not one of f32, f16, bf16, q8_0, q4_0", v);
+            vtype_given = true;
         } else if (!strcmp(a, "--write-gguf")) {
             o->write_out = v;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
@@ -171,15 +208,27 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
             if (!parse_list(v, 0, 65536, &o->depth)) return usage_error("bad --depth list '%s' (e.g. 0,512)", v);
         } else if (!strcmp(a, "--image")) {
             if (!parse_list(v, 0, 4096, &o->image)) return usage_error("bad --image list '%s' (e.g. 224,448)", v);
+            o->image_given = true;
         } else {
             return usage_error("unknown option '%s'", a);
         }
     }
     if (!o->model_path == !o->preset) return usage_error("%s", "give exactly one of -m FILE and --synthetic PRESET");
     if (type_given && !o->preset) return usage_error("%s", "--type only applies to --synthetic");
+    if (vtype_given && !o->preset) return usage_error("%s", "--vision-type only applies to --synthetic");
     if (o->write_out && !o->preset) return usage_error("%s", "--write-gguf needs --synthetic PRESET");
+    if (o->llm_only && !o->preset) return usage_error("%s", "--llm-only only applies to --synthetic");
+    if (o->llm_only && o->vision_only) return usage_error("%s", "--llm-only and --vision-only exclude each other");
+    if (!vtype_given) o->vision_type = o->type;
+    const synth_preset *p = synth_find_preset(o->preset);
+    if (p && !synth_has_vision(p) && (o->vision_only || vtype_given))
+        return usage_error("synthetic preset '%s' has no vision tower", p->name);
     drop_zeros(&o->prompt);
     drop_zeros(&o->image);
+    if (o->image.n > 0 && p && (o->llm_only || !synth_has_vision(p)))
+        return usage_error("%s", "--image: this synthetic model has no vision tower (use --image 0)");
+    if (o->vision_only && o->image_given && o->image.n == 0)
+        return usage_error("%s", "--vision-only with --image 0 leaves nothing to time");
     for (int i = 0; i < o->image.n; i++)
         if (o->image.v[i] % 14 != 0) return usage_error("%s", "--image sizes must be multiples of 14 (224, 448)");
     if (o->gen == 0) o->depth.n = 0;
@@ -236,13 +285,13 @@ static void cpu_name(char *buf, size_t len) {
 
 /* Writes a synthetic model in a child process so that its buffers stay out of our peak RSS.
  * Returns 0, or 1 after printing the error. */
-static int write_synthetic(const bench_opts *o, const char *path) {
+static int write_synthetic(const bench_opts *o, const synth_opts *so, const char *path) {
     fflush(NULL);
     pid_t pid = fork();
     if (pid < 0) return cli_error("bench", "fork failed: %s", strerror(errno));
     if (pid == 0) {
         char err[256];
-        mg_status st = synth_write_gguf(synth_find_preset(o->preset), o->type, o->seed, path, err, sizeof err);
+        mg_status st = synth_write_gguf_opts(synth_find_preset(o->preset), so, path, err, sizeof err);
         if (st != MG_OK) fprintf(stderr, "minigpt bench: %s\n", err);
         fflush(stderr);
         _exit(st == MG_OK ? 0 : 1);
@@ -254,6 +303,39 @@ static int write_synthetic(const bench_opts *o, const char *path) {
         if (!WIFEXITED(ws)) cli_error("bench", "the synthetic model writer died (signal %d)", WTERMSIG(ws));
         return 1;
     }
+    return 0;
+}
+
+/* The synthetic file of a part (image_size 0: the preset's). */
+static synth_opts synth_opts_of(const bench_opts *o, synth_part part, int image_size) {
+    synth_opts so = synth_default_opts(o->type, o->seed);
+    so.part = part;
+    so.vision_type = o->vision_type;
+    so.image_size = image_size;
+    return so;
+}
+
+/* Writes a synthetic file to a temporary path, opens it and unlinks it at once. Returns 0, or 1
+ * after printing the error. */
+static int open_synthetic(const bench_opts *o, const synth_opts *so, mg_model **m, uint64_t *file_bytes) {
+    char tmp_path[4096];
+    const char *dir = getenv("TMPDIR");
+    snprintf(tmp_path, sizeof tmp_path, "%s/minigpt-bench-XXXXXX", dir && *dir ? dir : "/tmp");
+    int fd = mkstemp(tmp_path);
+    if (fd < 0) return cli_error("bench", "cannot create a temporary file %s: %s", tmp_path, strerror(errno));
+    close(fd);
+    if (write_synthetic(o, so, tmp_path)) {
+        unlink(tmp_path);
+        return 1;
+    }
+    struct stat sb;
+    *file_bytes = stat(tmp_path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+    char err[512];
+    mg_model_params mp = mg_model_default_params();
+    mp.n_threads = o->n_threads;
+    mg_status st = mg_model_open(m, tmp_path, &mp, err, sizeof err);
+    unlink(tmp_path);
+    if (st != MG_OK) return cli_error("bench", "%s", err);
     return 0;
 }
 
@@ -309,14 +391,51 @@ static int run_test(bench_ctx *c, const bench_opts *o, bench_result *r) {
     return 0;
 }
 
-/* ==== Output ==== */
-
-static const char *image_note(void) {
-    return "skipped: the vision encoder has no public entry point yet (and synthetic presets hold only the LLM)";
+/* Times the whole image encode of m (pixels -> LLM embedding rows, mg_vl_encode_stages) on a
+ * fixed pseudo-random input into r. Returns 0 or 1 (error printed). */
+static int time_image(const mg_model *m, const bench_opts *o, image_result *r) {
+    mg_vl_dims dims;
+    char err[512];
+    if (mg_vl_stage_dims(m, &dims) != MG_OK) return cli_error("bench", "the model has no vision tower");
+    size_t S = (size_t)dims.image_size;
+    float *pixels = malloc(3 * S * S * sizeof *pixels);
+    float *tokens = malloc((size_t)dims.n_img_tok * (size_t)dims.llm_dim * sizeof *tokens);
+    int rc = 1;
+    if (!pixels || !tokens) {
+        cli_error("bench", "out of memory");
+        goto done;
+    }
+    /* normalised pixels are roughly in [-2, 2] */
+    uint64_t rs = o->seed * 0x2545F4914F6CDD1Dull + 99;
+    for (size_t i = 0; i < 3 * S * S; i++) {
+        rs ^= rs << 13, rs ^= rs >> 7, rs ^= rs << 17;
+        pixels[i] = (float)(rs >> 40) / (float)(1 << 24) * 4.0f - 2.0f;
+    }
+    for (int i = 0; i < o->warmup + o->reps; i++) {
+        double t0 = now_ms();
+        if (mg_vl_encode_stages(m, pixels, NULL, NULL, tokens, err, sizeof err) != MG_OK) {
+            cli_error("bench", "image encode failed: %s", err);
+            goto done;
+        }
+        if (i >= o->warmup) r->ms[i - o->warmup] = now_ms() - t0;
+    }
+    bench_result tmp = {.ms = r->ms};
+    summarize(&tmp, o->reps);
+    r->ms_median = tmp.ms_median;
+    r->ms_min = tmp.ms_min;
+    r->n_img_tok = dims.n_img_tok;
+    r->timed = true;
+    rc = 0;
+done:
+    free(pixels);
+    free(tokens);
+    return rc;
 }
 
+/* ==== Output ==== */
+
 static void print_table(const bench_opts *o, const char *what, const char *desc, uint64_t file_bytes,
-                        const bench_result *res, int n_res, double rss, const char *cpu) {
+                        const image_result *img, const bench_result *res, int n_res, double rss, const char *cpu) {
     printf("minigpt bench: %s\n", what);
     printf("model: %s, file %.2f GiB\n", desc, (double)file_bytes / (1024.0 * 1024.0 * 1024.0));
     printf("cpu: %s | isa %s | threads %d | %d runs after %d warm-up\n\n", cpu[0] ? cpu : "?", mg_kernels_isa(),
@@ -324,8 +443,12 @@ static void print_table(const bench_opts *o, const char *what, const char *desc,
     printf("| %-18s | %11s | %11s | %12s | %12s |\n", "test", "median ms", "min ms", "median tok/s", "best tok/s");
     printf("|%s|%s|%s|%s|%s|\n", "--------------------", "------------:", "------------:", "-------------:",
            "-------------:");
-    for (int i = 0; i < o->image.n; i++)
-        printf("| image %-12d | %s\n", o->image.v[i], image_note());
+    for (int i = 0; i < o->image.n; i++) {
+        if (img[i].timed)
+            printf("| image %-12d | %11.1f | %11.1f | %12s | %12s |\n", img[i].size, img[i].ms_median, img[i].ms_min,
+                   "-", "-");
+        else printf("| image %-12d | %11s | %11s | %12s | %12s |\n", img[i].size, "-", "-", "-", "-");
+    }
     for (int i = 0; i < n_res; i++) {
         const bench_result *r = &res[i];
         char name[40];
@@ -334,11 +457,14 @@ static void print_table(const bench_opts *o, const char *what, const char *desc,
         printf("| %-18s | %11.1f | %11.1f | %12.2f | %12.2f |\n", name, r->ms_median, r->ms_min,
                r->n_tokens * 1e3 / r->ms_median, r->n_tokens * 1e3 / r->ms_min);
     }
+    if (o->image.n) printf("\n");
+    for (int i = 0; i < o->image.n; i++) printf("image %d: %s\n", img[i].size, img[i].note);
     printf("\npeak RSS %.1f MiB\n", rss);
 }
 
 static int print_json(const bench_opts *o, const char *what, const char *desc, uint64_t file_bytes,
-                      const bench_result *res, int n_res, double rss, const char *cpu, const mg_model *m) {
+                      const image_result *imr, const bench_result *res, int n_res, double rss, const char *cpu,
+                      const mg_model *m) {
     json_t *root = json_object();
     json_object_set_new(root, "minigpt_version", json_string(MG_VERSION));
     json_object_set_new(root, "model", json_string(what));
@@ -347,10 +473,13 @@ static int print_json(const bench_opts *o, const char *what, const char *desc, u
     json_object_set_new(root, "synthetic_storage",
                         o->preset ? json_string("temporary file, unlinked after the model mapped it") : json_null());
     json_object_set_new(root, "type", json_string(o->preset ? mg_type_name(o->type) : ""));
+    json_object_set_new(root, "vision_type", json_string(o->preset ? mg_type_name(o->vision_type) : ""));
+    json_object_set_new(root, "vision_only", json_boolean(o->vision_only));
     json_object_set_new(root, "file_bytes", json_integer((json_int_t)file_bytes));
-    json_object_set_new(root, "n_layer", json_integer(mg_model_n_layer(m)));
-    json_object_set_new(root, "n_embd", json_integer(mg_model_n_embd(m)));
-    json_object_set_new(root, "n_vocab", json_integer(mg_model_n_vocab(m)));
+    /* the language model's shape; null under --vision-only with --synthetic (no LLM written) */
+    json_object_set_new(root, "n_layer", m ? json_integer(mg_model_n_layer(m)) : json_null());
+    json_object_set_new(root, "n_embd", m ? json_integer(mg_model_n_embd(m)) : json_null());
+    json_object_set_new(root, "n_vocab", m ? json_integer(mg_model_n_vocab(m)) : json_null());
     json_object_set_new(root, "isa", json_string(mg_kernels_isa()));
     json_object_set_new(root, "threads", json_integer(o->n_threads));
     json_object_set_new(root, "reps", json_integer(o->reps));
@@ -359,11 +488,18 @@ static int print_json(const bench_opts *o, const char *what, const char *desc, u
     json_object_set_new(root, "compiler", json_string(__VERSION__));
     json_t *img = json_array();
     for (int i = 0; i < o->image.n; i++) {
+        const image_result *r = &imr[i];
         json_t *e = json_object();
-        json_object_set_new(e, "size", json_integer(o->image.v[i]));
-        json_object_set_new(e, "ms_median", json_null());
-        json_object_set_new(e, "ms_min", json_null());
-        json_object_set_new(e, "note", json_string(image_note()));
+        json_object_set_new(e, "size", json_integer(r->size));
+        json_object_set_new(e, "native", json_boolean(r->native));
+        json_object_set_new(e, "ms_median", r->timed ? json_real(r->ms_median) : json_null());
+        json_object_set_new(e, "ms_min", r->timed ? json_real(r->ms_min) : json_null());
+        json_t *runs = json_array();
+        for (int k = 0; r->timed && k < o->reps; k++) json_array_append_new(runs, json_real(r->ms[k]));
+        json_object_set_new(e, "runs_ms", runs);
+        json_object_set_new(e, "n_img_tok", r->timed ? json_integer(r->n_img_tok) : json_null());
+        json_object_set_new(e, "source", r->source ? json_string(r->source) : json_null());
+        json_object_set_new(e, "note", json_string(r->note));
         json_array_append_new(img, e);
     }
     json_object_set_new(root, "image", img);
@@ -395,46 +531,99 @@ static int print_json(const bench_opts *o, const char *what, const char *desc, u
 
 /* ==== Entry point ==== */
 
+/* Times image size r->size: on m when it is m's size, else on a vision-stub synthetic file at
+ * that size, else records why it is not possible. Returns 0 or 1 (error printed). */
+static int bench_image(const bench_opts *o, const mg_model *m, image_result *r, char *desc, size_t desc_len,
+                       uint64_t *file_bytes) {
+    const synth_preset *p = synth_find_preset(o->preset);
+    const int native = m && mg_model_has_vision(m) ? mg_model_image_size(m) : p ? p->v_image : 0;
+    r->native = r->size == native;
+    if (m && mg_model_has_vision(m) && r->size == mg_model_image_size(m)) {
+        r->source = "model";
+        snprintf(r->note, sizeof r->note, "whole encode (ViT + %s + projection) on the model, %d px native",
+                 !strcmp(mg_model_variant(m), "minigpt4-vicuna") ? "Q-Former" : "merge4", r->size);
+        return time_image(m, o, r);
+    }
+    if (p && synth_has_vision(p) && p->qf_block == 0 && (r->size / p->v_patch) % 2 != 0) {
+        snprintf(r->note, sizeof r->note, "not possible: merge4 needs an even patch grid (%d px = %dx%d patches)",
+                 r->size, r->size / p->v_patch, r->size / p->v_patch);
+        return 0;
+    }
+    if (p && synth_has_vision(p)) {
+        synth_opts so = synth_opts_of(o, SYNTH_VISION_STUB, r->size);
+        mg_model *vm = NULL;
+        uint64_t bytes = 0;
+        if (!o->json && isatty(STDERR_FILENO))
+            fprintf(stderr, "  writing the vision side of %s at %d px ...\n", p->name, r->size);
+        if (open_synthetic(o, &so, &vm, &bytes)) return 1;
+        if (!desc[0]) snprintf(desc, desc_len, "%s", mg_model_desc(vm));
+        if (!*file_bytes) *file_bytes = bytes;
+        r->source = "vision-stub";
+        int g = r->size / p->v_patch;
+        snprintf(r->note, sizeof r->note,
+                 "whole encode on a vision-only synthetic file at %d px (1-layer stand-in LLM)%s", r->size,
+                 g != p->v_pos_grid ? ", position embedding interpolated at load" : "");
+        if (!o->json && isatty(STDERR_FILENO)) fprintf(stderr, "  timing image encode at %d px ...\n", r->size);
+        int rc = time_image(vm, o, r);
+        mg_model_close(vm);
+        return rc;
+    }
+    if (m && !mg_model_has_vision(m)) snprintf(r->note, sizeof r->note, "not possible: the model has no vision tower");
+    else
+        snprintf(r->note, sizeof r->note,
+                 "not possible: the file fixes the image size at %d (minigpt.vision.image_size); "
+                 "other sizes need --synthetic", native);
+    return 0;
+}
+
 /* `minigpt bench`: see usage(). */
 int cmd_bench(int argc, char **argv) {
     bench_opts o;
     int rc = parse_args(argc, argv, &o);
     if (rc >= 0) return rc;
+    const synth_preset *p = synth_find_preset(o.preset);
+    const synth_part part = o.vision_only ? SYNTH_VISION_STUB : o.llm_only ? SYNTH_LLM_ONLY : SYNTH_FULL;
 
     if (o.write_out) {
-        if (write_synthetic(&o, o.write_out)) return 1;
-        const synth_preset *p = synth_find_preset(o.preset);
-        printf("wrote %s: synthetic %s, %s, %.2f B weights, %.2f GiB of tensor data\n", o.write_out, p->name,
-               mg_type_name(o.type), (double)synth_n_params(p) * 1e-9,
-               (double)synth_data_bytes(p, o.type) / (1024.0 * 1024.0 * 1024.0));
+        synth_opts so = synth_opts_of(&o, part, 0);
+        if (write_synthetic(&o, &so, o.write_out)) return 1;
+        printf("wrote %s: synthetic %s%s, %s", o.write_out, p->name,
+               part == SYNTH_VISION_STUB ? " (vision side + 1-layer stand-in LLM)"
+               : part == SYNTH_LLM_ONLY || !synth_has_vision(p) ? " (LLM only, architecture llama)"
+                                                                 : "",
+               mg_type_name(o.type));
+        if (part != SYNTH_LLM_ONLY && synth_has_vision(p)) printf(", vision %s", mg_type_name(o.vision_type));
+        printf(", %.2f B weights, %.2f GiB of tensor data\n", (double)synth_n_params(p, &so) * 1e-9,
+               (double)synth_data_bytes(p, &so) / (1024.0 * 1024.0 * 1024.0));
         return 0;
     }
 
-    char tmp_path[4096] = "";
-    const char *path = o.model_path;
-    if (o.preset) {
-        const char *dir = getenv("TMPDIR");
-        snprintf(tmp_path, sizeof tmp_path, "%s/minigpt-bench-XXXXXX", dir && *dir ? dir : "/tmp");
-        int fd = mkstemp(tmp_path);
-        if (fd < 0) return cli_error("bench", "cannot create a temporary file %s: %s", tmp_path, strerror(errno));
-        close(fd);
-        if (write_synthetic(&o, tmp_path)) {
-            unlink(tmp_path);
-            return 1;
-        }
-        path = tmp_path;
-    }
+    char err[512], desc[512] = "";
     uint64_t file_bytes = 0;
-    struct stat sb;
-    if (stat(path, &sb) == 0) file_bytes = (uint64_t)sb.st_size;
-
-    char err[512];
     mg_model *m = NULL;
-    mg_model_params mp = mg_model_default_params();
-    mp.n_threads = o.n_threads;
-    mg_status st = mg_model_open(&m, path, &mp, err, sizeof err);
-    if (tmp_path[0]) unlink(tmp_path);
-    if (st != MG_OK) return cli_error("bench", "%s", err);
+    if (!(o.vision_only && o.preset)) {
+        if (o.preset) {
+            synth_opts so = synth_opts_of(&o, part, 0);
+            if (open_synthetic(&o, &so, &m, &file_bytes)) return 1;
+        } else {
+            struct stat sb;
+            if (stat(o.model_path, &sb) == 0) file_bytes = (uint64_t)sb.st_size;
+            mg_model_params mp = mg_model_default_params();
+            mp.n_threads = o.n_threads;
+            if (mg_model_open(&m, o.model_path, &mp, err, sizeof err) != MG_OK) return cli_error("bench", "%s", err);
+        }
+        snprintf(desc, sizeof desc, "%s", mg_model_desc(m));
+        if (o.vision_only && !mg_model_has_vision(m)) {
+            mg_model_close(m);
+            return cli_error("bench", "--vision-only: %s has no vision tower", o.model_path);
+        }
+    }
+    /* default image size: the model's own (the preset's under --vision-only) */
+    if (!o.image_given) {
+        int native = m ? mg_model_image_size(m) : p->v_image;
+        if (native > 0) o.image = (int_list){{native}, 1};
+    }
+    if (o.vision_only) o.prompt.n = o.depth.n = 0;
 
     int max_prompt = 0, max_ctx = 1;
     for (int i = 0; i < o.prompt.n; i++) max_prompt = MG_MAX(max_prompt, o.prompt.v[i]);
@@ -449,26 +638,36 @@ int cmd_bench(int argc, char **argv) {
     int32_t *ids = malloc((size_t)n_ids * sizeof *ids);
     int n_res = o.prompt.n + o.depth.n;
     bench_result *res = calloc((size_t)MG_MAX(n_res, 1), sizeof *res);
-    double *ms = malloc((size_t)MG_MAX(n_res, 1) * (size_t)o.reps * sizeof *ms);
+    image_result *img = calloc((size_t)MG_MAX(o.image.n, 1), sizeof *img);
+    double *ms = malloc((size_t)(MG_MAX(n_res, 1) + o.image.n) * (size_t)o.reps * sizeof *ms);
     rc = 1;
-    if (!ids || !res || !ms) {
+    if (!ids || !res || !img || !ms) {
         cli_error("bench", "out of memory");
         goto done;
     }
-    if (mg_session_create(&s, m, &sp, err, sizeof err) != MG_OK) {
-        cli_error("bench", "%s", err);
-        goto done;
+    for (int i = 0; i < o.image.n; i++) {
+        img[i].size = o.image.v[i];
+        img[i].ms = ms + (size_t)(MG_MAX(n_res, 1) + i) * (size_t)o.reps;
+        if (!o.json && isatty(STDERR_FILENO) && m && mg_model_has_vision(m) && img[i].size == mg_model_image_size(m))
+            fprintf(stderr, "  timing image encode at %d px ...\n", img[i].size);
+        if (bench_image(&o, m, &img[i], desc, sizeof desc, &file_bytes)) goto done;
     }
-    /* fixed pseudo-random prompt over the ordinary pieces (past <unk>, <s>, </s>) */
-    int n_tok = mg_tokenizer_n_vocab(mg_model_tokenizer(m));
-    uint64_t rs = o.seed * 0x9E3779B97F4A7C15ull + 12345;
-    for (int i = 0; i < n_ids; i++) {
-        rs ^= rs << 13, rs ^= rs >> 7, rs ^= rs << 17;
-        ids[i] = n_tok > 3 ? 3 + (int32_t)(rs % (uint64_t)(n_tok - 3)) : 0;
+    if (n_res > 0) {
+        if (mg_session_create(&s, m, &sp, err, sizeof err) != MG_OK) {
+            cli_error("bench", "%s", err);
+            goto done;
+        }
+        /* fixed pseudo-random prompt over the ordinary pieces (past <unk>, <s>, </s>) */
+        int n_tok = mg_tokenizer_n_vocab(mg_model_tokenizer(m));
+        uint64_t rs = o.seed * 0x9E3779B97F4A7C15ull + 12345;
+        for (int i = 0; i < n_ids; i++) {
+            rs ^= rs << 13, rs ^= rs >> 7, rs ^= rs << 17;
+            ids[i] = n_tok > 3 ? 3 + (int32_t)(rs % (uint64_t)(n_tok - 3)) : 0;
+        }
+        ids[0] = mg_token_bos(mg_model_tokenizer(m)) >= 0 ? mg_token_bos(mg_model_tokenizer(m)) : ids[0];
     }
-    ids[0] = mg_token_bos(mg_model_tokenizer(m)) >= 0 ? mg_token_bos(mg_model_tokenizer(m)) : ids[0];
 
-    bench_ctx c = {s, ids, mg_model_n_vocab(m)};
+    bench_ctx c = {s, ids, m ? mg_model_n_vocab(m) : 0};
     for (int i = 0; i < n_res; i++) {
         bench_result *r = &res[i];
         r->ms = ms + (size_t)i * (size_t)o.reps;
@@ -486,17 +685,22 @@ int cmd_bench(int argc, char **argv) {
     }
 
     char what[4200], cpu[256];
-    if (o.preset) snprintf(what, sizeof what, "synthetic %s %s", o.preset, mg_type_name(o.type));
-    else snprintf(what, sizeof what, "%s", o.model_path);
+    if (o.preset)
+        snprintf(what, sizeof what, "synthetic %s %s%s%s%s", o.preset, mg_type_name(o.type),
+                 part != SYNTH_LLM_ONLY && synth_has_vision(p) ? ", vision " : "",
+                 part != SYNTH_LLM_ONLY && synth_has_vision(p) ? mg_type_name(o.vision_type) : "",
+                 o.vision_only ? " (vision only)" : "");
+    else snprintf(what, sizeof what, "%s%s", o.model_path, o.vision_only ? " (vision only)" : "");
     cpu_name(cpu, sizeof cpu);
     double rss = peak_rss_mib();
-    if (o.json) rc = print_json(&o, what, mg_model_desc(m), file_bytes, res, n_res, rss, cpu, m);
+    if (o.json) rc = print_json(&o, what, desc, file_bytes, img, res, n_res, rss, cpu, o.vision_only ? NULL : m);
     else {
-        print_table(&o, what, mg_model_desc(m), file_bytes, res, n_res, rss, cpu);
+        print_table(&o, what, desc, file_bytes, img, res, n_res, rss, cpu);
         rc = 0;
     }
 done:
     free(ms);
+    free(img);
     free(res);
     free(ids);
     mg_session_free(s);
