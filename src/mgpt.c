@@ -10,6 +10,15 @@
  * KV reuse: vl keeps a key per position held in the session (a token id, or a hash of an image
  * row), so a new prompt only evaluates from its first position that differs; the rest is rewound.
  * Image embeddings are cached by a hash of the preprocessed pixels.
+ *
+ * Context trimming (mg_vl_ask only): as Chat.answer_prepare does, a turn keeps only the last
+ * window - reserve prompt rows (window = min(2000, n_ctx), reserve = the turn's max new tokens),
+ * dropping from the left, BOS included. The kept rows start at position 0, so the KV record of a
+ * moved window no longer matches position by position and the prefix logic re-evaluates it whole.
+ *
+ * Turns are atomic: vl logs every change it made to the conversation (image, user text, answer),
+ * and a turn that fails (prompt evaluation, generation, cancellation) rebuilds the mg_chat from
+ * that log as it was when the turn began. mg_chat has no way to remove a message, hence the log.
  */
 #include "model.h"
 #include "vision.h"
@@ -20,6 +29,8 @@
 #include <string.h>
 
 #define VL_CACHE_KEEP 4 /* image embeddings kept beyond those of the current conversation */
+/* Chat.answer_prepare's max_length: prompt rows + new tokens never exceed it in the demos */
+#define VL_MAX_LENGTH 2000
 
 typedef struct {
     uint64_t hash;
@@ -31,6 +42,13 @@ typedef struct {
     uint64_t hash; /* key of the cache entry */
     int w, h;      /* original size (for the grounding's pixel boxes) */
 } conv_image;
+
+/* One change vl made to its mg_chat; replaying the log rebuilds the conversation. */
+typedef enum { OP_IMAGE, OP_ASK, OP_ANSWER } op_kind;
+typedef struct {
+    op_kind kind;
+    char *text; /* the user text (OP_ASK) or the raw answer (OP_ANSWER); NULL for OP_IMAGE */
+} conv_op;
 
 struct mg_vl {
     const mg_model *m;
@@ -51,11 +69,18 @@ struct mg_vl {
     uint64_t *kv_key;  /* key of each position held in the session */
     int n_kv, cap_kv;
 
-    int32_t *p_id;     /* last evaluated prompt: token id or -1 */
+    int32_t *p_id;     /* last evaluated prompt (the kept window when trimmed): token id or -1 */
     int32_t *p_img;    /* conversation image index of an image row, else -1 */
     int32_t *p_row;    /* row inside that image */
     int n_p, cap_p;
+    int n_trim;        /* rows of the rendered prompt dropped from the left before n_p */
+    int keep_max;      /* > 0 while mg_vl_ask evaluates: keep at most this many rows */
     bool prompt_ready; /* a prompt was evaluated and its assistant turn is open */
+    bool turn_open;    /* mg_chat_prompt opened an assistant turn that is not answered yet */
+
+    conv_op *ops;      /* what was done to the chat since the last reset, in order */
+    int n_ops, cap_ops;
+    int turn_ops, turn_imgs; /* n_ops and n_imgs when the current turn began */
 
     char errmsg[256];
 };
@@ -219,6 +244,8 @@ void mg_vl_free(mg_vl *vl) {
     free(vl->p_id);
     free(vl->p_img);
     free(vl->p_row);
+    for (int i = 0; i < vl->n_ops; i++) free(vl->ops[i].text);
+    free(vl->ops);
     free(vl);
 }
 
@@ -227,12 +254,103 @@ mg_session *mg_vl_session(mg_vl *vl) { return vl ? vl->s : NULL; }
 mg_chat *mg_vl_chat(mg_vl *vl) { return vl ? vl->chat : NULL; }
 const char *mg_vl_errmsg(const mg_vl *vl) { return vl ? vl->errmsg : "NULL conversation"; }
 
+/* ==== The conversation log (atomic turns) ==== */
+
+/* Forgets log entries from n on. */
+static void ops_truncate(mg_vl *vl, int n) {
+    for (int i = n; i < vl->n_ops; i++) free(vl->ops[i].text);
+    if (n < vl->n_ops) vl->n_ops = n;
+}
+
+/* Appends a change to the log (text copied; NULL for an image); false when out of memory. */
+static bool ops_push(mg_vl *vl, op_kind kind, const char *text, size_t len) {
+    char *t = NULL;
+    if (text) {
+        if (!(t = malloc(len + 1))) return false;
+        memcpy(t, text, len);
+        t[len] = 0;
+    }
+    if (!grow((void **)&vl->ops, &vl->cap_ops, vl->n_ops + 1, sizeof *vl->ops)) {
+        free(t);
+        return false;
+    }
+    vl->ops[vl->n_ops++] = (conv_op){kind, t};
+    return true;
+}
+
+/* The current turn's changes become part of the conversation. */
+static void turn_commit(mg_vl *vl) {
+    vl->turn_ops = vl->n_ops;
+    vl->turn_imgs = vl->n_imgs;
+}
+
+/* Rebuilds the chat from the first n log entries. Replaying the same calls in the same order
+ * gives the same messages (mg_chat_ask's join with an image message included); an answer needs
+ * its assistant turn opened first, which only mg_chat_prompt does. Every step succeeded when it
+ * was first done, so only memory can fail here. */
+static mg_status chat_replay(mg_vl *vl, int n) {
+    mg_chat_reset(vl->chat);
+    mg_status st = MG_OK;
+    for (int i = 0; i < n && st == MG_OK; i++) {
+        const conv_op *o = &vl->ops[i];
+        if (o->kind == OP_IMAGE) {
+            st = mg_chat_add_image(vl->chat);
+        } else if (o->kind == OP_ASK) {
+            st = mg_chat_ask(vl->chat, o->text);
+        } else {
+            mg_prompt pr;
+            st = mg_chat_prompt(vl->chat, &pr, NULL, 0);
+            if (st == MG_OK) st = mg_chat_answer(vl->chat, o->text, strlen(o->text));
+        }
+    }
+    vl->turn_open = false;
+    vl->prompt_ready = false;
+    return st;
+}
+
+/* Forgets the whole conversation (the caches stay). */
+static void conv_clear(mg_vl *vl) {
+    mg_chat_reset(vl->chat);
+    ops_truncate(vl, 0);
+    vl->n_imgs = 0;
+    vl->prompt_ready = false;
+    vl->turn_open = false;
+    turn_commit(vl);
+}
+
+/* Puts the conversation back as it was when the current turn began. Cheap when the turn changed
+ * nothing. If the chat cannot be rebuilt (out of memory) the conversation is cleared rather than
+ * left half-built; the message says so. */
+static void turn_rollback(mg_vl *vl) {
+    if (vl->n_ops == vl->turn_ops && vl->n_imgs == vl->turn_imgs && !vl->turn_open) {
+        vl->prompt_ready = false;
+        return;
+    }
+    ops_truncate(vl, vl->turn_ops);
+    vl->n_imgs = MG_MIN(vl->n_imgs, vl->turn_imgs);
+    if (chat_replay(vl, vl->n_ops) != MG_OK) {
+        conv_clear(vl);
+        size_t n = strlen(vl->errmsg);
+        snprintf(vl->errmsg + n, sizeof vl->errmsg - n, "%s", " (out of memory: conversation reset)");
+    }
+}
+
+/* Withdraws an assistant turn left open by an evaluated prompt that got no answer, so that a new
+ * message follows the last closed turn instead of an empty assistant message. */
+static mg_status drop_open_turn(mg_vl *vl) {
+    if (!vl->turn_open) return MG_OK;
+    mg_status st = chat_replay(vl, vl->n_ops);
+    if (st != MG_OK) {
+        conv_clear(vl);
+        return vl_err(vl, st, "out of memory (conversation reset)");
+    }
+    return MG_OK;
+}
+
 /* New conversation; caches stay. */
 void mg_vl_reset(mg_vl *vl) {
     if (!vl) return;
-    mg_chat_reset(vl->chat);
-    vl->n_imgs = 0;
-    vl->prompt_ready = false;
+    conv_clear(vl);
 }
 
 static img_entry *cache_find(mg_vl *vl, uint64_t hash) {
@@ -271,6 +389,7 @@ mg_status mg_vl_add_image(mg_vl *vl, const mg_image *img, int *cache_hit) {
     const mg_vision *v = vl->v;
     mg_status st = mg_vl_preprocess(vl->m, img, vl->pixels, vl->errmsg, sizeof vl->errmsg);
     if (st != MG_OK) return st;
+    if ((st = drop_open_turn(vl)) != MG_OK) return st;
     size_t S = (size_t)v->image_size;
     uint64_t hash = hash_bytes(vl->pixels, 3 * S * S * sizeof(float));
     img_entry *e = cache_find(vl, hash);
@@ -288,9 +407,12 @@ mg_status mg_vl_add_image(mg_vl *vl, const mg_image *img, int *cache_hit) {
         e->embd = embd;
     }
     e->last_use = ++vl->tick;
-    if (!grow((void **)&vl->imgs, &vl->cap_imgs, vl->n_imgs + 1, sizeof *vl->imgs))
+    if (!grow((void **)&vl->imgs, &vl->cap_imgs, vl->n_imgs + 1, sizeof *vl->imgs) || !ops_push(vl, OP_IMAGE, NULL, 0))
         return vl_err(vl, MG_ERR_NOMEM, "out of memory");
-    if ((st = mg_chat_add_image(vl->chat)) != MG_OK) return vl_err(vl, st, "cannot add the image message");
+    if ((st = mg_chat_add_image(vl->chat)) != MG_OK) {
+        ops_truncate(vl, vl->n_ops - 1);
+        return vl_err(vl, st, "cannot add the image message");
+    }
     vl->imgs[vl->n_imgs++] = (conv_image){hash, img->w, img->h};
     vl->prompt_ready = false;
     cache_trim(vl);
@@ -303,8 +425,13 @@ mg_status mg_vl_add_text(mg_vl *vl, const char *text) {
     if (!vl) return MG_ERR_INVALID_ARG;
     vl->errmsg[0] = 0;
     if (!text) return vl_err(vl, MG_ERR_INVALID_ARG, "add_text: NULL text");
-    mg_status st = mg_chat_ask(vl->chat, text);
-    if (st != MG_OK) return vl_err(vl, st, "cannot add the message");
+    mg_status st = drop_open_turn(vl);
+    if (st != MG_OK) return st;
+    if (!ops_push(vl, OP_ASK, text, strlen(text))) return vl_err(vl, MG_ERR_NOMEM, "out of memory");
+    if ((st = mg_chat_ask(vl->chat, text)) != MG_OK) {
+        ops_truncate(vl, vl->n_ops - 1);
+        return vl_err(vl, st, "cannot add the message");
+    }
     vl->prompt_ready = false;
     return MG_OK;
 }
@@ -335,6 +462,7 @@ static uint64_t row_key(const mg_vl *vl, int i) {
 static mg_status build_prompt(mg_vl *vl) {
     mg_prompt pr;
     char err[256];
+    vl->turn_open = true; /* mg_chat_prompt opens the assistant turn even when it then fails */
     mg_status st = mg_chat_prompt(vl->chat, &pr, err, sizeof err);
     if (st != MG_OK) return vl_err(vl, st, "%s", err);
     if (pr.n_images != vl->n_imgs)
@@ -380,6 +508,20 @@ static mg_status build_prompt(mg_vl *vl) {
     return MG_OK;
 }
 
+/* Keeps only the last keep rows of the built prompt (Chat.answer_prepare's embs[:, begin_idx:]):
+ * the rows before are dropped, BOS and partial images included, and the kept ones take positions
+ * 0.. when evaluated, exactly as the demo's inputs_embeds do. */
+static void trim_prompt(mg_vl *vl, int keep) {
+    vl->n_trim = 0;
+    if (keep <= 0 || vl->n_p <= keep) return;
+    int begin = vl->n_p - keep;
+    memmove(vl->p_id, vl->p_id + begin, (size_t)keep * sizeof *vl->p_id);
+    memmove(vl->p_img, vl->p_img + begin, (size_t)keep * sizeof *vl->p_img);
+    memmove(vl->p_row, vl->p_row + begin, (size_t)keep * sizeof *vl->p_row);
+    vl->n_p = keep;
+    vl->n_trim = begin;
+}
+
 /* Records positions [from, to) of the prompt as held by the session. */
 static bool record_rows(mg_vl *vl, int from, int to) {
     if (!grow((void **)&vl->kv_key, &vl->cap_kv, to, sizeof *vl->kv_key)) return false;
@@ -414,14 +556,17 @@ static mg_status eval_from(mg_vl *vl, int from) {
     return MG_OK;
 }
 
-/* Renders the prompt and evaluates what the KV cache does not hold already. */
-mg_status mg_vl_eval_prompt(mg_vl *vl, mg_vl_result *r) {
-    if (!vl) return MG_ERR_INVALID_ARG;
-    vl->errmsg[0] = 0;
+/* Renders the prompt, trims it to vl->keep_max rows (when set) and evaluates what the KV cache
+ * does not hold already. Comparing keys position by position is what makes trimming safe: a
+ * cached position is reused only when every row up to it is the same row at the same position,
+ * so a window whose start moved is re-evaluated from its first row. */
+static mg_status eval_prompt(mg_vl *vl, mg_vl_result *r) {
     int64_t t0 = mg_time_us();
     vl->prompt_ready = false;
+    vl->n_trim = 0;
     mg_status st = build_prompt(vl);
     if (st != MG_OK) return st;
+    trim_prompt(vl, vl->keep_max);
     if (vl->n_p == 0) return vl_err(vl, MG_ERR_INVALID_ARG, "empty prompt");
     /* what the session really holds may have been rewound behind our back */
     int held = MG_MIN(vl->n_kv, mg_session_n_past(vl->s));
@@ -435,10 +580,20 @@ mg_status mg_vl_eval_prompt(mg_vl *vl, mg_vl_result *r) {
     if (r) {
         r->n_prompt = vl->n_p;
         r->n_prompt_eval = vl->n_p - k;
+        r->n_prompt_trimmed = vl->n_trim;
         r->t_prompt_ms = (double)(mg_time_us() - t0) / 1000.0;
         r->image_cache_hit = vl->last_hit;
     }
     return MG_OK;
+}
+
+/* The public step: the whole prompt (no trimming); a failure ends the turn (rolled back). */
+mg_status mg_vl_eval_prompt(mg_vl *vl, mg_vl_result *r) {
+    if (!vl) return MG_ERR_INVALID_ARG;
+    vl->errmsg[0] = 0;
+    mg_status st = eval_prompt(vl, r);
+    if (st != MG_OK) turn_rollback(vl);
+    return st;
 }
 
 /* Copies the last prompt's rows out (ids, and embeddings when asked). */
@@ -471,8 +626,10 @@ void mg_vl_result_free(mg_vl_result *r) {
     memset(r, 0, sizeof *r);
 }
 
-/* Post-processes raw, closes the assistant turn and parses the grounding into r. */
-static mg_status finish_turn(mg_vl *vl, const char *raw, size_t len, mg_vl_result *r) {
+/* Post-processes raw and parses the grounding into r; with commit, also closes the assistant turn
+ * with raw (logged, so a later rollback can replay it) and ends the turn. Everything that can
+ * fail is done before the chat changes, so a failure leaves the turn open for the rollback. */
+static mg_status finish_turn(mg_vl *vl, const char *raw, size_t len, mg_vl_result *r, bool commit) {
     mg_chat_template t = mg_model_chat_template(vl->m);
     char *text = malloc(len + 1);
     if (!text) return vl_err(vl, MG_ERR_NOMEM, "out of memory");
@@ -481,33 +638,44 @@ static mg_status finish_turn(mg_vl *vl, const char *raw, size_t len, mg_vl_resul
         free(text);
         return vl_err(vl, MG_ERR_INTERNAL, "post-processing failed");
     }
-    mg_status st = mg_chat_answer(vl->chat, raw, len);
-    if (st != MG_OK) {
-        free(text);
-        return vl_err(vl, st, "cannot record the answer");
-    }
-    vl->prompt_ready = false;
     int w = vl->n_imgs ? vl->imgs[vl->n_imgs - 1].w : 0, h = vl->n_imgs ? vl->imgs[vl->n_imgs - 1].h : 0;
     mg_grounding *g = NULL;
     char err[256];
-    if ((st = mg_grounding_parse(&g, text, (size_t)n, w, h, err, sizeof err)) != MG_OK) {
+    mg_status st = mg_grounding_parse(&g, text, (size_t)n, w, h, err, sizeof err);
+    if (st != MG_OK) {
         free(text);
         return vl_err(vl, st, "%s", err);
+    }
+    char *raw_copy = r ? malloc(len + 1) : NULL;
+    if (r && !raw_copy) {
+        free(text);
+        mg_grounding_free(g);
+        return vl_err(vl, MG_ERR_NOMEM, "out of memory");
+    }
+    if (commit) {
+        if (!ops_push(vl, OP_ANSWER, raw, len)) {
+            st = vl_err(vl, MG_ERR_NOMEM, "out of memory");
+        } else if ((st = mg_chat_answer(vl->chat, raw, len)) != MG_OK) {
+            ops_truncate(vl, vl->n_ops - 1);
+            vl_err(vl, st, "cannot record the answer");
+        }
+        if (st != MG_OK) {
+            free(text);
+            free(raw_copy);
+            mg_grounding_free(g);
+            return st;
+        }
+        vl->prompt_ready = false;
+        vl->turn_open = false;
+        turn_commit(vl);
     }
     if (r) {
         free(r->raw);
         free(r->text);
         mg_grounding_free(r->grounding);
-        r->raw = malloc(len + 1);
-        if (!r->raw) {
-            r->text = NULL;
-            r->grounding = NULL;
-            free(text);
-            mg_grounding_free(g);
-            return vl_err(vl, MG_ERR_NOMEM, "out of memory");
-        }
-        memcpy(r->raw, raw, len);
-        r->raw[len] = 0;
+        memcpy(raw_copy, raw, len);
+        raw_copy[len] = 0;
+        r->raw = raw_copy;
         r->text = text;
         r->grounding = g;
     } else {
@@ -536,7 +704,8 @@ static int track_cb(void *user, int32_t id, const char *piece, const float *logi
     return 0;
 }
 
-/* Generates the answer of the open turn; see minigpt.h. */
+/* Generates the answer of the open turn; see minigpt.h. Once generation has started, any failure
+ * (cancellation included) rolls the turn back; r still receives what was generated. */
 mg_status mg_vl_generate(mg_vl *vl, mg_sampler *smp, const mg_generate_params *gp_in, mg_vl_result *r) {
     if (!vl) return MG_ERR_INVALID_ARG;
     vl->errmsg[0] = 0;
@@ -552,7 +721,10 @@ mg_status mg_vl_generate(mg_vl *vl, mg_sampler *smp, const mg_generate_params *g
     size_t cap = 1 << 20; /* n_predict <= 0: until EOS or the context's end */
     if (gp.n_predict > 0) cap = MG_MAX((size_t)4096, (size_t)gp.n_predict * 64 + 1);
     char *out = malloc(cap);
-    if (!out) return vl_err(vl, MG_ERR_NOMEM, "out of memory");
+    if (!out) {
+        turn_rollback(vl);
+        return vl_err(vl, MG_ERR_NOMEM, "out of memory");
+    }
     int64_t t0 = mg_time_us();
     int n_gen = 0;
     mg_status st = mg_generate(vl->s, smp, &gp, out, cap, &n_gen);
@@ -571,16 +743,24 @@ mg_status mg_vl_generate(mg_vl *vl, mg_sampler *smp, const mg_generate_params *g
     free(t.ids);
     if (st != MG_OK && st != MG_ERR_CANCELLED) {
         free(out);
-        return vl_err(vl, st, "%s", mg_session_errmsg(vl->s));
+        vl_err(vl, st, "%s", mg_session_errmsg(vl->s));
+        turn_rollback(vl);
+        return st;
     }
-    mg_status st2 = finish_turn(vl, out, strlen(out), r);
+    /* a cancelled answer is still handed to the caller (what was streamed so far) but never
+     * enters the history: the conversation stays as it was before the turn */
+    bool cancelled = st == MG_ERR_CANCELLED;
+    mg_status st2 = finish_turn(vl, out, strlen(out), r, !cancelled);
     free(out);
-    if (st2 != MG_OK) return st2;
     if (r) {
         r->n_generated = n_gen;
         r->t_gen_ms = ms;
     }
-    if (st == MG_ERR_CANCELLED) return vl_err(vl, st, "generation stopped by the callback");
+    if (st2 != MG_OK || cancelled) {
+        if (cancelled) vl_err(vl, st, "generation stopped by the callback");
+        turn_rollback(vl);
+        return st2 != MG_OK ? st2 : st;
+    }
     return MG_OK;
 }
 
@@ -589,32 +769,64 @@ mg_status mg_vl_force_answer(mg_vl *vl, const char *answer, mg_vl_result *r) {
     if (!vl) return MG_ERR_INVALID_ARG;
     vl->errmsg[0] = 0;
     if (!answer) return vl_err(vl, MG_ERR_INVALID_ARG, "force_answer: NULL answer");
+    mg_status st = MG_OK;
     if (!vl->prompt_ready) {
         mg_prompt pr;
         char err[256];
-        mg_status st = mg_chat_prompt(vl->chat, &pr, err, sizeof err); /* opens the assistant turn */
-        if (st != MG_OK) return vl_err(vl, st, "%s", err);
+        vl->turn_open = true;
+        st = mg_chat_prompt(vl->chat, &pr, err, sizeof err); /* opens the assistant turn */
+        if (st != MG_OK) vl_err(vl, st, "%s", err);
     }
-    mg_status st = finish_turn(vl, answer, strlen(answer), r);
-    if (st == MG_OK && r) r->n_generated = 0;
+    if (st == MG_OK) st = finish_turn(vl, answer, strlen(answer), r, true);
+    if (st != MG_OK) {
+        turn_rollback(vl);
+        return st;
+    }
+    if (r) r->n_generated = 0;
     return st;
 }
 
-/* One turn: optional image, question, prompt evaluation, generation. */
+/* The prompt rows mg_vl_ask keeps: Chat.answer_prepare's max_length - max_new_tokens, with
+ * max_length = min(2000, n_ctx) (the session cannot hold more) and max_new_tokens = the turn's
+ * n_predict (the model's default when gp is NULL or asks for "no limit"). The reserve is capped
+ * at half the window so that a small context still leaves the prompt most of it (the demos'
+ * 300 / 500 of 2000 are below that cap). */
+static int ask_keep(const mg_vl *vl, const mg_generate_params *gp) {
+    int window = MG_MIN(VL_MAX_LENGTH, mg_session_n_ctx(vl->s));
+    int reserve = gp ? gp->n_predict : 0;
+    if (reserve <= 0) {
+        mg_generate_params d = mg_generate_default_params();
+        mg_model_generation_defaults(vl->m, NULL, &d);
+        reserve = MG_MAX(d.n_predict, 0);
+    }
+    reserve = MG_MIN(reserve, window / 2);
+    return window - reserve;
+}
+
+/* One turn: optional image, question, trimmed prompt evaluation, generation. Atomic: on any
+ * failure the conversation is rolled back to where the turn began. */
 mg_status mg_vl_ask(mg_vl *vl, const mg_image *image, const char *question, mg_sampler *smp,
                     const mg_generate_params *gp, mg_vl_result *r) {
     if (!vl) return MG_ERR_INVALID_ARG;
     if (r) memset(r, 0, sizeof *r);
+    vl->errmsg[0] = 0;
+    if (!smp) return vl_err(vl, MG_ERR_INVALID_ARG, "ask: sampler is NULL");
     int hit = 0;
     mg_status st;
     int64_t t0 = mg_time_us();
-    if (image && (st = mg_vl_add_image(vl, image, &hit)) != MG_OK) return st;
+    if (image && (st = mg_vl_add_image(vl, image, &hit)) != MG_OK) goto fail;
     double t_img = (double)(mg_time_us() - t0) / 1000.0;
-    if ((st = mg_vl_add_text(vl, question ? question : "")) != MG_OK) return st;
-    if ((st = mg_vl_eval_prompt(vl, r)) != MG_OK) return st;
+    if ((st = mg_vl_add_text(vl, question ? question : "")) != MG_OK) goto fail;
+    vl->keep_max = ask_keep(vl, gp);
+    st = eval_prompt(vl, r);
+    vl->keep_max = 0;
+    if (st != MG_OK) goto fail;
     if (r) {
         r->image_cache_hit = image ? hit : 0;
         r->t_image_ms = image ? t_img : 0.0;
     }
-    return mg_vl_generate(vl, smp, gp, r);
+    return mg_vl_generate(vl, smp, gp, r); /* rolls the turn back itself on failure */
+fail:
+    turn_rollback(vl);
+    return st;
 }
