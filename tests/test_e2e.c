@@ -491,6 +491,21 @@ TEST(e2e_cli_chat) {
     CHECK(er && strstr(er, "(task [refer])") && strstr(er, "(conversation reset)") && strstr(er, "320x240"));
     free(out);
     free(er);
+
+    /* A failed turn (a literal image marker in the question) is reported, the conversation goes
+     * on with the next question, and the exit status says that a turn failed. */
+    rc = test_run("printf 'bad <ImageHere> question\nhello there\n' | '%s' chat -m '%s' --image '%s' --greedy -n 4 "
+                  "-t 2 > '%s' 2> '%s'",
+                  bin(), model, image, outp, errp);
+    CHECK_EQ_INT(rc, 1);
+    out = test_read_file(outp, &n);
+    er = test_read_file(errp, &n);
+    lines = 0;
+    for (char *c = out; c && *c; c++) lines += *c == '\n';
+    CHECK_MSG(lines >= 2, "chat after a failed turn printed %d lines, expected 2", lines);
+    CHECK(er && strstr(er, "minigpt chat: "));
+    free(out);
+    free(er);
 }
 
 /* Runs the CLI with args; true when it exits 1 with exactly one line on stderr. */

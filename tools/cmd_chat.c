@@ -199,9 +199,11 @@ int cmd_chat(int argc, char **argv) {
         fputc('\n', stdout);
         fflush(stdout);
         if (st != MG_OK) {
+            /* The library rolled the conversation back to before this turn: report and go on;
+             * the exit status still tells a script that a turn failed. */
             rc = cli_error("chat", "%s", mg_vl_errmsg(vl));
             mg_vl_result_free(&res);
-            break;
+            continue;
         }
         image_pending = false;
         if (res.grounding && res.grounding->n_entities > 0) {
