@@ -466,6 +466,21 @@ TEST(e2e_cli_json_draw) {
     char err[256];
     CHECK(mg_image_load_file(&out, png, 0, err, sizeof err) == MG_OK);
     CHECK(out.w == 320 && out.h == 240);
+    /* Read the drawn PNG back: both boxes of the one entity are outlined in palette colour 0 at
+     * the corners v/100*size (truncated): box 1 left edge x = 38 (0.12*320), box 2 left edge
+     * x = 192 (0.60*320); a pixel far from any box keeps the original image's value. */
+    mg_image orig = {0};
+    CHECK(mg_image_load_file(&orig, image, 0, err, sizeof err) == MG_OK);
+    uint8_t c0[3];
+    mg_draw_color(0, c0);
+    if (out.rgb && orig.rgb && out.w == 320 && out.h == 240 && orig.w == 320) {
+        const uint8_t *p1 = out.rgb + ((size_t)80 * 320 + 38) * 3, *p2 = out.rgb + ((size_t)160 * 320 + 192) * 3;
+        CHECK_MSG(memcmp(p1, c0, 3) == 0, "box 1 edge pixel (38,80) = %d,%d,%d", p1[0], p1[1], p1[2]);
+        CHECK_MSG(memcmp(p2, c0, 3) == 0, "box 2 edge pixel (192,160) = %d,%d,%d", p2[0], p2[1], p2[2]);
+        size_t far = ((size_t)230 * 320 + 10) * 3;
+        CHECK(memcmp(out.rgb + far, orig.rgb + far, 3) == 0);
+    }
+    mg_image_free(&orig);
     mg_image_free(&out);
 }
 
