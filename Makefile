@@ -4,7 +4,7 @@
 #   make asan       the suite under AddressSanitizer + UBSan (quick mode: heavy tests shrink)
 #   make fuzz       builds the libFuzzer targets with clang and runs each for FUZZ_SECONDS
 #   make demo       runs the embedded demo model
-#   make train-demo retrains models/demo.gguf from scratch (about 45 min on 2 cores)
+#   make train-demo retrains models/demo.gguf from scratch (about 15 min on 2 cores)
 #   make bench-kernels  checks then times the matmul kernels (ARGS="-t 1 q4_0 1 4096 4096")
 #   make help       this list
 # BUILD=dir puts objects elsewhere (several builds can coexist); WERROR=1 adds -Werror (CI).
@@ -129,7 +129,10 @@ demo: $(BUILD)/minigpt
 # bit-reproducible for a given thread count); the checkpoint allows `minigpt train --resume`.
 train-demo: $(BUILD)/minigpt
 	@mkdir -p models
-	$(BUILD)/minigpt train --seed 1 -t 2 -o models/demo.gguf --ckpt $(BUILD)/demo.ckpt
+	$(BUILD)/minigpt train --seed 1 -t 2 --easy --max-objects 1 --steps 200 --warmup 20 --eval-every 50 \
+	  -o $(BUILD)/demo-stage1.gguf
+	$(BUILD)/minigpt train --init $(BUILD)/demo-stage1.gguf --seed 2 -t 2 --steps 700 --warmup 20 --lr 1e-3 \
+	  --eval-every 100 -o models/demo.gguf --ckpt $(BUILD)/demo.ckpt
 
 clean:
 	rm -rf build build-asan build-fuzz

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-build/minigpt}
-model=models/demo.gguf
+model=${MG_DEMO_MODEL:-models/demo.gguf}
 if [ ! -f "$model" ]; then
     echo "minigpt demo: demo model not yet available ($model is not in this checkout yet)."
     echo "What works today:"
@@ -13,12 +13,29 @@ if [ ! -f "$model" ]; then
     exit 0
 fi
 mkdir -p build/demo
-for img in demo/images/*.png; do
-    name=$(basename "$img" .png)
-    for task in caption grounding detection; do
-        echo "== $img [$task]"
-        "$bin" run -m "$model" --image "$img" --task "$task" --greedy --json \
-            --draw "build/demo/${name}-${task}.png"
-    done
-done
+# The bundled images are held-out scenes of the synthetic world (`minigpt synth --eval --seed 7
+# --size 96`, scenes 2, 4, 5, 7); each gets a caption, a grounded description, and a [refer],
+# [detection] and [vqa] question about its own objects.
+vq="Based on the image, respond to this question with a short answer:"
+ask() { # image name task prompt
+    echo "== $1 [$3] ${4:-}"
+    if [ -n "${4:-}" ]; then
+        "$bin" run -m "$model" --image "$1" --task "$3" -p "$4" --greedy --json --draw "build/demo/$2-$3.png"
+    else
+        "$bin" run -m "$model" --image "$1" --task "$3" --greedy --json --draw "build/demo/$2-$3.png"
+    fi
+}
+while IFS='|' read -r name refer detect vqa; do
+    img=demo/images/$name.png
+    ask "$img" "$name" caption
+    ask "$img" "$name" grounding
+    ask "$img" "$name" refer "give me the location of $refer"
+    ask "$img" "$name" detection "$detect"
+    ask "$img" "$name" vqa "$vq $vqa"
+done <<'EOF_LIST'
+1-noise|white circle|green square|What color is the triangle?
+2-clutter|small cyan cross|hexagons|What shape is the purple object?
+3-gradient|blue star|blue square|How many brown objects are there?
+4-plain|medium green pentagon|red cross|Is there a green star?
+EOF_LIST
 echo "annotated images in build/demo/"

@@ -1,0 +1,813 @@
+/*
+ * trainloop.c - the training loop of `minigpt train` (see trainloop.h): vocabulary, data (world
+ * or user folder), MiniGPT-v2 template encoding, gradient accumulation, held-out evaluation,
+ * checkpoints with the loop's options stored as "trainloop.*" keys (so --resume needs nothing
+ * else), and a parameters-only export.
+ */
+#include "trainloop.h"
+
+#include "tokenizer.h"
+#include "world.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define SP "\xe2\x96\x81" /* U+2581, SentencePiece's space */
+
+/* ==== Parameters ==== */
+
+/* The demo recipe (docs/DEMO_MODEL.md). */
+tl_params tl_default_params(void) {
+    tl_params p;
+    memset(&p, 0, sizeof p);
+    p.cfg = (tr_config){.image_size = 96, .patch_size = 8, .v_embd = 96, .v_layer = 2, .v_head = 4, .v_ff = 256,
+                        .v_eps = 1e-6f, .post_eps = 1e-5f, .n_vocab = 0, .n_embd = 128, .n_layer = 3,
+                        .n_head = 4, .n_head_kv = 4, .n_ff = 320, .n_ctx = 192, .rms_eps = 1e-5f,
+                        .rope_theta = 10000.0f};
+    p.seed = 1;
+    /* none, grounding, refer, detection, identify, vqa, caption */
+    const float w[TL_N_TASKS] = {0.0f, 1.0f, 4.0f, 2.0f, 2.0f, 2.0f, 1.0f};
+    memcpy(p.task_weight, w, sizeof w);
+    p.batch = 16;
+    p.steps = 2000;
+    p.opt = tr_opt_default();
+    p.opt.lr = 2e-3f;
+    p.opt.lr_min = 1e-4f;
+    p.opt.warmup = 100;
+    p.opt.total = p.steps;
+    p.opt.weight_decay = 0.01f;
+    p.train_mask = TR_GROUP_VISION | TR_GROUP_PROJ | TR_GROUP_LLM;
+    p.n_threads = 2;
+    p.ckpt_every = 100;
+    p.eval_every = 200;
+    p.eval_n = 64;
+    return p;
+}
+
+/* ==== Small helpers ==== */
+
+static uint64_t mix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* A set of byte strings (open addressing), insertion order kept. */
+typedef struct {
+    char **s;
+    size_t *len;
+    int n, cap;
+    int *slot;
+    int slot_mask;
+} strset;
+
+static uint64_t hash_bytes(const char *s, size_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    return h;
+}
+
+static bool strset_grow(strset *t) {
+    int ncap = t->cap ? t->cap * 2 : 1024;
+    char **ns = realloc(t->s, (size_t)ncap * sizeof *ns);
+    if (!ns) return false;
+    t->s = ns;
+    size_t *nl = realloc(t->len, (size_t)ncap * sizeof *nl);
+    if (!nl) return false;
+    t->len = nl;
+    int nslots = ncap * 2;
+    int *sl = malloc((size_t)nslots * sizeof *sl);
+    if (!sl) return false;
+    for (int i = 0; i < nslots; i++) sl[i] = -1;
+    for (int i = 0; i < t->n; i++) {
+        int j = (int)(hash_bytes(t->s[i], t->len[i]) & (uint64_t)(nslots - 1));
+        while (sl[j] >= 0) j = (j + 1) & (nslots - 1);
+        sl[j] = i;
+    }
+    free(t->slot);
+    t->slot = sl;
+    t->slot_mask = nslots - 1;
+    t->cap = ncap;
+    return true;
+}
+
+/* Adds s[0..n) if absent; false on memory failure. */
+static bool strset_add(strset *t, const char *s, size_t n) {
+    if (t->n + 1 > t->cap && !strset_grow(t)) return false;
+    int j = (int)(hash_bytes(s, n) & (uint64_t)t->slot_mask);
+    while (t->slot[j] >= 0) {
+        int o = t->slot[j];
+        if (t->len[o] == n && memcmp(t->s[o], s, n) == 0) return true;
+        j = (j + 1) & t->slot_mask;
+    }
+    char *c = malloc(n + 1);
+    if (!c) return false;
+    memcpy(c, s, n);
+    c[n] = 0;
+    t->s[t->n] = c;
+    t->len[t->n] = n;
+    t->slot[j] = t->n++;
+    return true;
+}
+
+static void strset_free(strset *t) {
+    for (int i = 0; i < t->n; i++) free(t->s[i]);
+    free(t->s);
+    free(t->len);
+    free(t->slot);
+    memset(t, 0, sizeof *t);
+}
+
+/* ==== Vocabulary ==== */
+
+static size_t utf8_len(unsigned char c) { return c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4; }
+
+/* Adds every prefix (>= 2 code points) of the unit u[0..n) that starts with U+2581, '<' or '['. */
+static bool add_unit(strset *set, const char *u, size_t n) {
+    if (n == 0) return true;
+    bool sp = n >= 3 && memcmp(u, SP, 3) == 0;
+    if (!sp && u[0] != '<' && u[0] != '[') return true;
+    size_t i = utf8_len((unsigned char)u[0]);
+    while (i < n) {
+        i += utf8_len((unsigned char)u[i]);
+        if (i > n) break;
+        if (!strset_add(set, u, i)) return false;
+    }
+    return true;
+}
+
+/* Splits a text the way the tokenizer will see it (dummy prefix, spaces as U+2581) into units:
+ * words with their leading U+2581, tags <...> and [...] (joined to a preceding U+2581), and single
+ * punctuation characters; adds the prefixes of each unit. */
+static bool add_text_units(strset *set, const char *text) {
+    size_t tl = strlen(text);
+    char *s = malloc(3 * tl + 4);
+    if (!s) return false;
+    size_t n = 0;
+    memcpy(s, SP, 3);
+    n = 3;
+    for (size_t i = 0; i < tl; i++) {
+        if (text[i] == ' ') {
+            memcpy(s + n, SP, 3);
+            n += 3;
+        } else s[n++] = text[i];
+    }
+    bool ok = true;
+    size_t start = 0, i = 0;
+    bool in_tag = false;
+    while (i < n && ok) {
+        size_t cl = utf8_len((unsigned char)s[i]);
+        bool is_sp = cl == 3 && i + 3 <= n && memcmp(s + i, SP, 3) == 0;
+        unsigned char ch = (unsigned char)s[i];
+        bool only_sp = i - start == 3 && memcmp(s + start, SP, 3) == 0;
+        if (is_sp) {
+            ok = add_unit(set, s + start, i - start);
+            start = i;
+            in_tag = false;
+        } else if (i == start) {
+            in_tag = ch == '<' || ch == '[';
+        } else if (in_tag) {
+            /* stays in the unit */
+        } else if (only_sp && (ch == '<' || ch == '[' || ch == '{' || ch == '}')) {
+            in_tag = ch == '<' || ch == '[';
+            if (!in_tag) {
+                ok = add_unit(set, s + start, i + 1 - start);
+                start = i + 1;
+            }
+        } else if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch >= 0x80) {
+            /* word continues */
+        } else {
+            ok = add_unit(set, s + start, i - start);
+            start = i;
+            in_tag = ch == '<' || ch == '[';
+        }
+        if (ok && in_tag && i > start && (ch == '>' || ch == ']')) {
+            ok = add_unit(set, s + start, i + 1 - start);
+            start = i + 1;
+            in_tag = false;
+        }
+        i += cl;
+    }
+    if (ok && start < n) ok = add_unit(set, s + start, n - start);
+    free(s);
+    return ok;
+}
+
+static int cmp_piece(const void *a, const void *b) {
+    const char *x = *(const char *const *)a, *y = *(const char *const *)b;
+    size_t lx = strlen(x), ly = strlen(y);
+    if (lx != ly) return lx < ly ? -1 : 1;
+    return strcmp(x, y);
+}
+
+/* Adds the units of the instruction as the prompt shows it and of the answer. */
+static bool add_example_units(strset *set, const char *instruction, const char *answer) {
+    char buf[WORLD_TEXT_MAX + 64];
+    snprintf(buf, sizeof buf, "</Img> %s [/INST]", instruction);
+    return add_text_units(set, buf) && add_text_units(set, answer);
+}
+
+/* Vocabulary of the world's texts (plus extra_texts). */
+mg_status tl_build_vocab(mg_tokenizer **out, const char *const *extra_texts, int n_extra, char *err,
+                         size_t err_len) {
+    *out = NULL;
+    strset set = {0};
+    mg_status st = MG_OK;
+    world_example *ex = malloc(sizeof *ex * WORLD_MAX_EXAMPLES);
+    bool ok = ex != NULL && add_text_units(&set, "[INST] <Img>");
+    char buf[64];
+    for (int v = 0; v <= 100 && ok; v++) {
+        snprintf(buf, sizeof buf, "{<%d><%d><%d><%d>}", v, v, v, v);
+        ok = add_text_units(&set, buf) && add_text_units(&set, buf + 1);
+    }
+    for (int i = 0; i < WORLD_N_SHAPES && ok; i++)
+        ok = add_text_units(&set, world_shape_name(i)) && add_text_units(&set, world_shape_plural(i));
+    for (int i = 0; i < WORLD_N_COLORS && ok; i++) ok = add_text_units(&set, world_color_name(i));
+    for (int i = 0; i < WORLD_N_SIZES && ok; i++) ok = add_text_units(&set, world_size_name(i));
+    /* the world's closed vocabulary: the texts of a fixed set of scenes, both instruction styles */
+    for (int k = 0; k < 400 && ok; k++) {
+        world_scene sc;
+        if (world_scene_generate(&sc, 1, (uint64_t)k, 64, k % 2 == 1, err, err_len) != MG_OK) {
+            st = MG_ERR_INTERNAL;
+            ok = false;
+            break;
+        }
+        for (int style = 0; style < 2 && ok; style++) {
+            int n = 0;
+            if (world_scene_examples(&sc, 0x7Fu, style == 1, ex, WORLD_MAX_EXAMPLES, &n, err, err_len) != MG_OK) {
+                st = MG_ERR_INTERNAL;
+                ok = false;
+            }
+            for (int i = 0; i < n && ok; i++) ok = add_example_units(&set, ex[i].instruction, ex[i].answer);
+        }
+        world_scene_free(&sc);
+    }
+    for (int i = 0; i < n_extra && ok; i++) ok = add_text_units(&set, extra_texts[i]);
+    free(ex);
+    if (!ok) {
+        strset_free(&set);
+        return st != MG_OK ? st : mg_err(err, err_len, MG_ERR_NOMEM, "vocabulary: out of memory");
+    }
+    qsort(set.s, (size_t)set.n, sizeof *set.s, cmp_piece); /* deterministic order (len[] now stale) */
+
+    /* <unk> <s> </s>, 256 bytes, U+2581 and printable ASCII, then the unit prefixes */
+    const int n_base = 3 + 256 + 1 + 94;
+    int64_t nv = n_base + set.n;
+    mg_tokenizer *t = NULL;
+    st = tok_vocab_create(&t, nv, err, err_len);
+    int32_t id = 0;
+    if (st == MG_OK) st = tok_vocab_set(t, id++, "<unk>", 5, 0.0f, TOK_TYPE_UNKNOWN, err, err_len);
+    if (st == MG_OK) st = tok_vocab_set(t, id++, "<s>", 3, 0.0f, TOK_TYPE_CONTROL, err, err_len);
+    if (st == MG_OK) st = tok_vocab_set(t, id++, "</s>", 4, 0.0f, TOK_TYPE_CONTROL, err, err_len);
+    for (int b = 0; b < 256 && st == MG_OK; b++) {
+        snprintf(buf, sizeof buf, "<0x%02X>", b);
+        st = tok_vocab_set(t, id++, buf, 6, 0.0f, TOK_TYPE_BYTE, err, err_len);
+    }
+    if (st == MG_OK) st = tok_vocab_set(t, id++, SP, 3, -1.0f, TOK_TYPE_NORMAL, err, err_len);
+    for (int c = 0x21; c < 0x7F && st == MG_OK; c++) {
+        char ch = (char)c;
+        st = tok_vocab_set(t, id++, &ch, 1, -1.0f, TOK_TYPE_NORMAL, err, err_len);
+    }
+    for (int i = 0; i < set.n && st == MG_OK; i++)
+        st = tok_vocab_set(t, id++, set.s[i], strlen(set.s[i]), -2.0f - (float)i, TOK_TYPE_NORMAL, err, err_len);
+    strset_free(&set);
+    if (st != MG_OK) {
+        mg_tokenizer_free(t);
+        return st;
+    }
+    tok_options o = {.bos = 1, .eos = 2, .unk = 0, .pad = -1, .add_bos = true, .add_eos = false,
+                     .prefix_mode = TOK_PREFIX_ALWAYS, .escape_ws = true, .remove_extra_ws = false,
+                     .byte_fallback = true};
+    tok_vocab_set_options(t, &o);
+    st = tok_vocab_finish(&t, err, err_len);
+    if (st == MG_OK) *out = t;
+    return st;
+}
+
+/* ==== Encoding ==== */
+
+/* MiniGPT-v2 template, tokenized per segment as the engine does (mgpt.c), answer + EOS. */
+mg_status tl_encode(const mg_tokenizer *tok, const char *instruction, const char *answer, int32_t *ids,
+                    uint8_t *mask, int max, int *n_text, int *img_pos, char *err, size_t err_len) {
+    mg_chat *c = NULL;
+    mg_status st = mg_chat_create(&c, MG_CHAT_MINIGPT_V2);
+    if (st != MG_OK) return mg_err(err, err_len, st, "encode: cannot create the template");
+    mg_prompt pr;
+    (void)((st = mg_chat_add_image(c)) || (st = mg_chat_ask(c, instruction)) ||
+           (st = mg_chat_prompt(c, &pr, err, err_len)));
+    int n = 0, pos = 0;
+    if (st == MG_OK && pr.n_segments != 2) st = mg_err(err, err_len, MG_ERR_FORMAT, "encode: the instruction holds <ImageHere>");
+    for (int s = 0; s < 2 && st == MG_OK; s++) {
+        int k = 0;
+        st = mg_tokenize(tok, pr.segments[s].text, pr.segments[s].len, pr.segments[s].add_bos, 1, ids + n, max - n, &k);
+        if (st != MG_OK) st = mg_err(err, err_len, st, "encode: the prompt does not fit in %d tokens", max);
+        for (int i = 0; i < k && st == MG_OK; i++) mask[n + i] = 0;
+        n += k;
+        if (s == 0) pos = n;
+    }
+    mg_chat_free(c);
+    if (st != MG_OK) return st;
+    int k = 0;
+    st = mg_tokenize(tok, answer, strlen(answer), 0, 0, ids + n, max - n - 1, &k);
+    if (st != MG_OK || n + k + 1 > max) return mg_err(err, err_len, MG_ERR_INVALID_ARG, "encode: the example does not fit in %d tokens", max);
+    for (int i = 0; i < k; i++) mask[n + i] = 1;
+    n += k;
+    ids[n] = mg_token_eos(tok);
+    mask[n++] = 1;
+    *n_text = n;
+    *img_pos = pos;
+    return MG_OK;
+}
+
+/* ==== User folder ==== */
+
+static char *path_join(const char *dir, const char *rel) {
+    size_t a = strlen(dir), b = strlen(rel);
+    char *p = malloc(a + b + 2);
+    if (!p) return NULL;
+    if (rel[0] == '/') memcpy(p, rel, b + 1);
+    else snprintf(p, a + b + 2, "%s/%s", dir, rel);
+    return p;
+}
+
+static bool folder_push(tl_folder *f, int *cap, const char *dir, const char *img, const char *ins, const char *ans) {
+    if (f->n == *cap) {
+        int nc = *cap ? *cap * 2 : 64;
+        char **a = realloc(f->image, (size_t)nc * sizeof *a);
+        if (!a) return false;
+        f->image = a;
+        char **b = realloc(f->instruction, (size_t)nc * sizeof *b);
+        if (!b) return false;
+        f->instruction = b;
+        char **c = realloc(f->answer, (size_t)nc * sizeof *c);
+        if (!c) return false;
+        f->answer = c;
+        *cap = nc;
+    }
+    f->image[f->n] = path_join(dir, img);
+    f->instruction[f->n] = strdup(ins);
+    f->answer[f->n] = strdup(ans);
+    f->n++;
+    return f->image[f->n - 1] && f->instruction[f->n - 1] && f->answer[f->n - 1];
+}
+
+/* Reads one {instruction, answer} object; returns a message or NULL. */
+static const char *pair_of(json_t *o, const char **ins, const char **ans) {
+    json_t *i = json_object_get(o, "instruction"), *a = json_object_get(o, "answer");
+    if (!i) return "missing \"instruction\"";
+    if (!a) return "missing \"answer\"";
+    if (!json_is_string(i) || !json_is_string(a)) return "\"instruction\" and \"answer\" must be strings";
+    *ins = json_string_value(i);
+    *ans = json_string_value(a);
+    if (!**ans) return "empty \"answer\"";
+    if (strstr(*ins, "<ImageHere>")) return "the instruction must not contain <ImageHere>";
+    return NULL;
+}
+
+/* DIR/data.jsonl. */
+mg_status tl_folder_load(tl_folder *out, const char *dir, char *err, size_t err_len) {
+    memset(out, 0, sizeof *out);
+    char *path = path_join(dir, "data.jsonl");
+    if (!path) return mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
+    FILE *fp = fopen(path, "rb");
+    if (!fp) {
+        mg_status st = mg_err(err, err_len, MG_ERR_IO, "cannot open %s", path);
+        free(path);
+        return st;
+    }
+    char *line = NULL;
+    size_t lcap = 0;
+    ssize_t got;
+    int lineno = 0, cap = 0;
+    mg_status st = MG_OK;
+    while (st == MG_OK && (got = getline(&line, &lcap, fp)) >= 0) {
+        lineno++;
+        bool blank = true;
+        for (ssize_t i = 0; i < got; i++)
+            if (line[i] != ' ' && line[i] != '\t' && line[i] != '\r' && line[i] != '\n') blank = false;
+        if (blank) continue;
+        json_error_t je;
+        json_t *o = json_loadb(line, (size_t)got, 0, &je);
+        const char *why = NULL;
+        if (!o) {
+            st = mg_err(err, err_len, MG_ERR_FORMAT, "data.jsonl line %d: not JSON (%s)", lineno, je.text);
+            break;
+        }
+        json_t *img = json_object_get(o, "image"), *exs = json_object_get(o, "examples");
+        const char *ins = NULL, *ans = NULL;
+        if (!json_is_object(o)) why = "not a JSON object";
+        else if (!json_is_string(img) || !json_string_length(img)) why = "missing \"image\" (a path relative to the folder)";
+        else if (exs) {
+            if (!json_is_array(exs) || json_array_size(exs) == 0) why = "\"examples\" must be a non-empty array";
+            for (size_t k = 0; !why && k < json_array_size(exs); k++) {
+                json_t *e = json_array_get(exs, k);
+                if (!json_is_object(e)) why = "an example is not an object";
+                else if (!(why = pair_of(e, &ins, &ans)) && !folder_push(out, &cap, dir, json_string_value(img), ins, ans))
+                    why = "out of memory";
+            }
+        } else if (!(why = pair_of(o, &ins, &ans)) && !folder_push(out, &cap, dir, json_string_value(img), ins, ans))
+            why = "out of memory";
+        if (why) st = mg_err(err, err_len, MG_ERR_FORMAT, "data.jsonl line %d: %s", lineno, why);
+        json_decref(o);
+    }
+    free(line);
+    fclose(fp);
+    free(path);
+    if (st == MG_OK && out->n == 0) st = mg_err(err, err_len, MG_ERR_FORMAT, "data.jsonl: no examples in %s", dir);
+    if (st != MG_OK) tl_folder_free(out);
+    return st;
+}
+
+/* Frees a folder's lists. */
+void tl_folder_free(tl_folder *f) {
+    if (!f) return;
+    for (int i = 0; i < f->n; i++) {
+        free(f->image[i]);
+        free(f->instruction[i]);
+        free(f->answer[i]);
+    }
+    free(f->image);
+    free(f->instruction);
+    free(f->answer);
+    memset(f, 0, sizeof *f);
+}
+
+/* ==== Data source ==== */
+
+typedef struct {
+    const tl_params *p;
+    const mg_tokenizer *tok;
+    tl_folder folder;
+    bool use_folder;
+    int S, n_img, max_text;
+    float *image;          /* [3, S, S] */
+    int32_t *ids;
+    uint8_t *mask;
+    world_example *ex;     /* [WORLD_MAX_EXAMPLES] */
+} tl_data;
+
+/* Builds example number c (training stream) or held-out example c (eval) into d's buffers. */
+static mg_status data_get(tl_data *d, uint64_t c, bool eval, tr_example *out, char *err, size_t err_len) {
+    const tl_params *p = d->p;
+    uint64_t r = mix64(p->seed * 0x100000001B3ull ^ mix64(c) ^ (eval ? 0xE7A1ull : 0));
+    int n_text = 0, img_pos = 0;
+    mg_status st;
+    if (d->use_folder) {
+        int i = eval ? (int)(c % (uint64_t)d->folder.n) : (int)(r % (uint64_t)d->folder.n);
+        st = mg_image_preprocess_file(d->folder.image[i], d->S, 0, d->image, err, err_len);
+        if (st == MG_OK)
+            st = tl_encode(d->tok, d->folder.instruction[i], d->folder.answer[i], d->ids, d->mask, d->max_text, &n_text,
+                           &img_pos, err, err_len);
+        if (st != MG_OK) return st;
+    } else {
+        /* a fresh scene per example; skip examples longer than the context (deterministically) */
+        for (int attempt = 0;; attempt++) {
+            world_scene sc;
+            uint64_t index = c * 256 + (uint64_t)attempt;
+            /* (tries past 256 reuse the next examples' scenes: harmless, and rare) */
+            if (attempt >= 4096)
+                return mg_err(err, err_len, MG_ERR_INTERNAL, "no usable scene for example %llu (filters too strict?)",
+                              (unsigned long long)c);
+            st = world_scene_generate(&sc, p->seed, index, d->S, eval, err, err_len);
+            if (st != MG_OK) return st;
+            bool hard = p->easy && sc.background != WORLD_BG_PLAIN;
+            for (int o = 0; p->easy && o < sc.n_objects; o++) hard |= sc.objects[o].size == WORLD_SMALL;
+            if ((p->max_objects > 0 && sc.n_objects > p->max_objects) || hard) {
+                world_scene_free(&sc);
+                continue;
+            }
+            int n = 0;
+            unsigned tmask = 0;
+            for (int t = 0; t < TL_N_TASKS; t++)
+                if (p->task_weight[t] > 0) tmask |= 1u << t;
+            /* a quarter of the training examples use the fixed (evaluation / demo) instructions */
+            bool style = eval || (mix64(r ^ 0x5157ull) & 3) == 0;
+            st = world_scene_examples(&sc, tmask, style, d->ex, WORLD_MAX_EXAMPLES, &n, err, err_len);
+            if (st != MG_OK || n == 0) {
+                world_scene_free(&sc);
+                if (st != MG_OK) return st;
+                continue;
+            }
+            /* weighted task among those this scene has, then one of its examples */
+            double tot = 0;
+            for (int i = 0; i < n; i++) tot += p->task_weight[d->ex[i].task];
+            r = mix64(r);
+            double u = (double)(r >> 11) * (1.0 / 9007199254740992.0) * tot;
+            int pick = n - 1;
+            for (int i = 0; i < n; i++) {
+                u -= p->task_weight[d->ex[i].task];
+                if (u < 0) {
+                    pick = i;
+                    break;
+                }
+            }
+            st = tl_encode(d->tok, d->ex[pick].instruction, d->ex[pick].answer, d->ids, d->mask, d->max_text, &n_text,
+                           &img_pos, err, err_len);
+            if (st == MG_OK) mg_image_to_tensor(&sc.image, NULL, NULL, d->image);
+            world_scene_free(&sc);
+            if (st == MG_OK) break;
+        }
+    }
+    out->image = d->image;
+    out->ids = d->ids;
+    out->mask = d->mask;
+    out->n_text = n_text;
+    out->img_pos = img_pos;
+    return MG_OK;
+}
+
+/* ==== Checkpoint keys ==== */
+
+/* The key source of every checkpoint: tokenizer + the loop's options. *buf keeps the bytes. */
+static mg_status make_kv(const tl_params *p, const mg_tokenizer *tok, gguf_file **out, char **buf, char *err,
+                         size_t err_len) {
+    gguf_writer *w = gguf_writer_create();
+    if (!w) return mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
+    mg_status st = tok_write_gguf(tok, w);
+    (void)(st || (st = gguf_writer_set_u64(w, "trainloop.seed", p->seed)) ||
+           (st = gguf_writer_set_u32(w, "trainloop.batch", (uint32_t)p->batch)) ||
+           (st = gguf_writer_set_u64(w, "trainloop.steps", (uint64_t)p->steps)) ||
+           (st = gguf_writer_set_f32(w, "trainloop.lr", p->opt.lr)) ||
+           (st = gguf_writer_set_f32(w, "trainloop.lr_min", p->opt.lr_min)) ||
+           (st = gguf_writer_set_u64(w, "trainloop.warmup", (uint64_t)p->opt.warmup)) ||
+           (st = gguf_writer_set_f32(w, "trainloop.weight_decay", p->opt.weight_decay)) ||
+           (st = gguf_writer_set_f32(w, "trainloop.clip", p->opt.clip)) ||
+           (st = gguf_writer_set_u32(w, "trainloop.mode", (uint32_t)p->train_mask)) ||
+           (st = gguf_writer_set_arr(w, "trainloop.task_weights", GGUF_TYPE_FLOAT32, p->task_weight, TL_N_TASKS)) ||
+           (st = gguf_writer_set_u32(w, "trainloop.max_objects", (uint32_t)p->max_objects)) ||
+           (st = gguf_writer_set_bool(w, "trainloop.easy", p->easy)) ||
+           (st = gguf_writer_set_str(w, "trainloop.data", p->data_dir ? p->data_dir : "")));
+    size_t size = 0;
+    FILE *fp = st == MG_OK ? open_memstream(buf, &size) : NULL;
+    if (st == MG_OK && !fp) st = MG_ERR_NOMEM;
+    if (st == MG_OK) st = gguf_writer_write_header(w, fp, err, err_len);
+    if (fp) fclose(fp);
+    gguf_writer_free(w);
+    if (st == MG_OK) st = gguf_open_buffer(out, *buf, size, err, err_len);
+    if (st != MG_OK) return mg_err(err, err_len, st, "cannot build the checkpoint keys");
+    return MG_OK;
+}
+
+/* Restores the loop options stored by make_kv. */
+static mg_status read_kv(const gguf_file *f, tl_params *p, char *err, size_t err_len) {
+    int64_t v;
+    uint32_t u;
+    const gguf_kv *kv = gguf_find_kv(f, "trainloop.seed");
+    if (!kv) return mg_err(err, err_len, MG_ERR_FORMAT, "resume: the file has no trainloop.* keys (not a `minigpt train` checkpoint)");
+    mg_status st;
+    if ((st = gguf_get_i64(f, "trainloop.seed", &v, err, err_len))) return st;
+    p->seed = (uint64_t)v;
+    if ((st = gguf_get_u32(f, "trainloop.batch", &u, err, err_len))) return st;
+    p->batch = (int)u;
+    if ((st = gguf_get_i64(f, "trainloop.steps", &v, err, err_len))) return st;
+    p->steps = v;
+    if ((st = gguf_get_i64(f, "trainloop.warmup", &v, err, err_len))) return st;
+    p->opt.warmup = v;
+    if ((st = gguf_get_f32(f, "trainloop.lr", &p->opt.lr, err, err_len)) ||
+        (st = gguf_get_f32(f, "trainloop.lr_min", &p->opt.lr_min, err, err_len)) ||
+        (st = gguf_get_f32(f, "trainloop.weight_decay", &p->opt.weight_decay, err, err_len)) ||
+        (st = gguf_get_f32(f, "trainloop.clip", &p->opt.clip, err, err_len)) ||
+        (st = gguf_get_u32(f, "trainloop.mode", &u, err, err_len)))
+        return st;
+    p->train_mask = (int)u;
+    if ((st = gguf_get_u32(f, "trainloop.max_objects", &u, err, err_len))) return st;
+    p->max_objects = (int)u;
+    if ((st = gguf_get_bool(f, "trainloop.easy", &p->easy, err, err_len))) return st;
+    const gguf_kv *arr = NULL;
+    if ((st = gguf_get_arr(f, "trainloop.task_weights", GGUF_TYPE_FLOAT32, &arr, err, err_len))) return st;
+    for (int t = 0; t < TL_N_TASKS && (uint64_t)t < arr->n; t++) p->task_weight[t] = (float)gguf_arr_f64(arr, (uint64_t)t);
+    if (p->batch < 1 || p->steps < 1) return mg_err(err, err_len, MG_ERR_FORMAT, "resume: bad stored batch/steps");
+    return MG_OK;
+}
+
+/* Parameters-only copy. */
+mg_status tl_export(const char *ckpt, const char *out, char *err, size_t err_len) {
+    gguf_file *f = NULL;
+    mg_status st = gguf_open(&f, ckpt, err, err_len);
+    if (st != MG_OK) return st;
+    gguf_writer *w = gguf_writer_create();
+    if (!w) st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
+    if (st == MG_OK) st = gguf_writer_copy_kv(w, f);
+    char **names = calloc((size_t)gguf_n_tensors(f) + 1, sizeof *names);
+    if (!names) st = MG_ERR_NOMEM;
+    for (int64_t i = 0; i < gguf_n_tensors(f) && st == MG_OK; i++) {
+        const gguf_tensor *t = gguf_tensor_at(f, i);
+        if (t->name.len >= 4 && memcmp(t->name.ptr, "opt.", 4) == 0) continue;
+        names[i] = gguf_str_dup(t->name);
+        if (!names[i]) st = MG_ERR_NOMEM;
+        else st = gguf_writer_add_tensor(w, names[i], t->type, t->n_dims, t->ne, t->data);
+    }
+    if (st == MG_OK) st = gguf_writer_write_file(w, out, err, err_len);
+    else mg_err(err, err_len, st, "export: cannot build %s", out);
+    if (names)
+        for (int64_t i = 0; i < gguf_n_tensors(f); i++) free(names[i]);
+    free(names);
+    gguf_writer_free(w);
+    gguf_close(f);
+    return st;
+}
+
+/* ==== The loop ==== */
+
+/* Teacher-forced loss, token accuracy and exact answers over eval_n held-out examples. */
+static mg_status run_eval(tr_model *m, tl_data *d, tl_progress *pg, char *err, size_t err_len) {
+    double sum = 0;
+    long ok_tok = 0, n_tok = 0, exact = 0;
+    const int V = m->cfg.n_vocab;
+    for (int e = 0; e < d->p->eval_n; e++) {
+        tr_example ex;
+        float loss;
+        mg_status st = data_get(d, (uint64_t)e, true, &ex, err, err_len);
+        if (st == MG_OK) st = tr_forward_backward(m, &ex, false, 1.0f, &loss, err, err_len);
+        if (st != MG_OK) return st;
+        sum += loss;
+        const float *lg = tr_last_logits(m);
+        bool all = true;
+        for (int j = 1; j < ex.n_text; j++) {
+            if (!ex.mask[j]) continue;
+            int row = (j < ex.img_pos ? j : j + d->n_img) - 1;
+            const float *l = lg + (size_t)row * V;
+            int best = 0;
+            for (int v = 1; v < V; v++)
+                if (l[v] > l[best]) best = v;
+            n_tok++;
+            if (best == ex.ids[j]) ok_tok++;
+            else all = false;
+        }
+        exact += all;
+    }
+    pg->event = TL_EV_EVAL;
+    pg->eval_loss = d->p->eval_n ? (float)(sum / d->p->eval_n) : 0.0f;
+    pg->eval_tok_acc = n_tok ? (float)ok_tok / (float)n_tok : 0.0f;
+    pg->eval_exact = d->p->eval_n ? (float)exact / (float)d->p->eval_n : 0.0f;
+    return MG_OK;
+}
+
+/* The whole training run. */
+mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *err, size_t err_len) {
+    tl_params p = *pin;
+    tr_model *m = NULL;
+    mg_tokenizer *tok = NULL;
+    gguf_file *kvf = NULL;
+    char *kvbuf = NULL;
+    tl_data d = {0};
+    mg_status st = MG_OK;
+    d.use_folder = p.data_dir && *p.data_dir;
+
+    if (p.resume_path || p.init_path) {
+        const char *src = p.resume_path ? p.resume_path : p.init_path;
+        gguf_file *f = NULL;
+        st = gguf_open(&f, src, err, err_len);
+        if (st == MG_OK) st = tok_load_gguf(&tok, f, err, err_len);
+        if (st == MG_OK && p.resume_path) {
+            st = read_kv(f, &p, err, err_len);
+            gguf_str ds;
+            if (st == MG_OK && gguf_get_str(f, "trainloop.data", &ds, NULL, 0) == MG_OK && ds.len) {
+                static char dbuf[4096];
+                snprintf(dbuf, sizeof dbuf, "%.*s", (int)ds.len, ds.ptr);
+                p.data_dir = dbuf;
+                d.use_folder = true;
+            }
+        }
+        gguf_close(f);
+        if (st == MG_OK) st = tr_load(&m, src, p.n_threads, err, err_len);
+        if (st == MG_OK && p.init_path && !p.resume_path) {
+            m->step = 0;
+            memset(m->adam_m, 0, (size_t)m->n_params * sizeof(float));
+            memset(m->adam_v, 0, (size_t)m->n_params * sizeof(float));
+        }
+        if (st == MG_OK && mg_tokenizer_n_vocab(tok) != m->cfg.n_vocab)
+            st = mg_err(err, err_len, MG_ERR_FORMAT, "%s: vocabulary (%d) and model (%d) disagree", src,
+                        mg_tokenizer_n_vocab(tok), m->cfg.n_vocab);
+    }
+    if (st == MG_OK && d.use_folder) st = tl_folder_load(&d.folder, p.data_dir, err, err_len);
+    if (st == MG_OK && !m) {
+        if (d.use_folder) {
+            char **texts = malloc(sizeof *texts * (size_t)d.folder.n * 2 + 1);
+            if (!texts) st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
+            for (int i = 0; st == MG_OK && i < d.folder.n; i++) {
+                texts[2 * i] = d.folder.instruction[i];
+                texts[2 * i + 1] = d.folder.answer[i];
+            }
+            if (st == MG_OK) st = tl_build_vocab(&tok, (const char *const *)texts, 2 * d.folder.n, err, err_len);
+            free(texts);
+        } else st = tl_build_vocab(&tok, NULL, 0, err, err_len);
+        if (st == MG_OK) {
+            p.cfg.n_vocab = mg_tokenizer_n_vocab(tok);
+            st = tr_model_create(&m, &p.cfg, p.seed, p.n_threads, err, err_len);
+        }
+    }
+    if (st == MG_OK) {
+        m->train_mask = p.train_mask;
+        p.opt.total = p.steps;
+        d.p = &p;
+        d.tok = tok;
+        d.S = m->cfg.image_size;
+        d.n_img = (d.S / m->cfg.patch_size) * (d.S / m->cfg.patch_size) / 4;
+        d.max_text = m->cfg.n_ctx - d.n_img;
+        if (d.max_text < 8) st = mg_err(err, err_len, MG_ERR_INVALID_ARG, "n_ctx %d leaves no room for text", m->cfg.n_ctx);
+    }
+    if (st == MG_OK) {
+        d.image = malloc(sizeof(float) * 3 * (size_t)d.S * (size_t)d.S);
+        d.ids = malloc(sizeof(int32_t) * (size_t)d.max_text);
+        d.mask = malloc((size_t)d.max_text);
+        d.ex = malloc(sizeof *d.ex * WORLD_MAX_EXAMPLES);
+        if (!d.image || !d.ids || !d.mask || !d.ex) st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
+    }
+    if (st == MG_OK) st = make_kv(&p, tok, &kvf, &kvbuf, err, err_len);
+
+    tl_progress pg;
+    memset(&pg, 0, sizeof pg);
+    if (st == MG_OK) {
+        pg.total = p.steps;
+        pg.step = m->step;
+        pg.n_params = m->n_params;
+        pg.n_vocab = m->cfg.n_vocab;
+        pg.event = TL_EV_START;
+        if (cb && cb(user, &pg)) st = mg_err(err, err_len, MG_ERR_CANCELLED, "cancelled");
+    }
+    const double t0 = now_s();
+    const int64_t step0 = m ? m->step : 0;
+    double rows = 0;
+    bool cancelled = false;
+    while (st == MG_OK && m->step < p.steps && !cancelled) {
+        tr_zero_grad(m);
+        double lsum = 0;
+        for (int b = 0; b < p.batch && st == MG_OK; b++) {
+            tr_example ex;
+            float loss = 0;
+            st = data_get(&d, (uint64_t)m->step * (uint64_t)p.batch + (uint64_t)b, false, &ex, err, err_len);
+            if (st == MG_OK) st = tr_forward_backward(m, &ex, true, 1.0f / (float)p.batch, &loss, err, err_len);
+            lsum += loss;
+            rows += ex.n_text + d.n_img;
+        }
+        if (st != MG_OK) break;
+        float lr;
+        double gn;
+        tr_step(m, &p.opt, &lr, &gn);
+        double el = now_s() - t0;
+        pg.event = TL_EV_STEP;
+        pg.step = m->step;
+        pg.loss = (float)(lsum / p.batch);
+        pg.lr = lr;
+        pg.gnorm = gn;
+        pg.elapsed_s = el;
+        pg.tok_per_s = el > 0 ? rows / el : 0;
+        pg.eta_s = m->step > step0 ? el / (double)(m->step - step0) * (double)(p.steps - m->step) : 0;
+        if (cb && cb(user, &pg)) cancelled = true;
+        if (!cancelled && p.eval_every > 0 && p.eval_n > 0 && (m->step % p.eval_every == 0 || m->step == p.steps)) {
+            st = run_eval(m, &d, &pg, err, err_len);
+            if (st == MG_OK && cb && cb(user, &pg)) cancelled = true;
+        }
+        bool last = m->step == p.steps || cancelled;
+        if (st == MG_OK && p.ckpt_path && (last || (p.ckpt_every > 0 && m->step % p.ckpt_every == 0))) {
+            st = tr_save(m, p.ckpt_path, kvf, err, err_len);
+            pg.event = TL_EV_CKPT;
+            pg.path = p.ckpt_path;
+            if (st == MG_OK && cb && cb(user, &pg)) cancelled = true;
+        }
+    }
+    if (st == MG_OK && !cancelled && p.out_path) {
+        if (p.ckpt_path) st = tl_export(p.ckpt_path, p.out_path, err, err_len);
+        else {
+            /* no checkpoint file: write one next to the output, then strip it */
+            size_t n = strlen(p.out_path) + 8;
+            char *tmp = malloc(n);
+            if (!tmp) st = MG_ERR_NOMEM;
+            else {
+                snprintf(tmp, n, "%s.tmp", p.out_path);
+                st = tr_save(m, tmp, kvf, err, err_len);
+                if (st == MG_OK) st = tl_export(tmp, p.out_path, err, err_len);
+                remove(tmp);
+                free(tmp);
+            }
+        }
+        if (st == MG_OK && cb) {
+            pg.event = TL_EV_CKPT;
+            pg.path = p.out_path;
+            cb(user, &pg);
+        }
+    }
+    if (st == MG_OK && cancelled) st = mg_err(err, err_len, MG_ERR_CANCELLED, "training stopped at step %lld", (long long)m->step);
+    gguf_close(kvf);
+    free(kvbuf);
+    free(d.image);
+    free(d.ids);
+    free(d.mask);
+    free(d.ex);
+    tl_folder_free(&d.folder);
+    mg_tokenizer_free(tok);
+    tr_model_free(m);
+    return st;
+}

@@ -1,0 +1,93 @@
+/*
+ * trainloop.h - the training loop behind `minigpt train`: a deterministic vocabulary built from
+ * the synthetic world's closed vocabulary, data from the world (src/world.h) or a user's folder
+ * (DIR/data.jsonl + images, docs/DEMO_MODEL.md "Data"), examples in MiniGPT-v2's template
+ * ("<s>[INST] <Img><ImageHere></Img> {instruction} [/INST]" + answer + "</s>", loss on the answer
+ * and "</s>" only), gradient accumulation, AdamW with warm-up + cosine and clipping (src/train.h),
+ * teacher-forced evaluation on held-out scenes, periodic checkpoints and bit-identical resume.
+ * The library never prints: progress goes through a callback.
+ */
+#ifndef MG_TRAINLOOP_H
+#define MG_TRAINLOOP_H
+
+#include "train.h"
+
+/* Task weights are indexed by mg_task (0 = the untagged description). */
+#define TL_N_TASKS 7
+
+typedef struct {
+    tr_config cfg;           /* model shape (n_vocab is set from the vocabulary) */
+    const char *data_dir;    /* NULL: the synthetic world; else a folder with data.jsonl */
+    uint64_t seed;           /* world seed, weight init and example choice */
+    float task_weight[TL_N_TASKS]; /* world: relative frequency of each task (0: never) */
+    int max_objects;         /* world: only scenes with at most this many objects (0: any; curriculum) */
+    bool easy;               /* world: only plain backgrounds with medium/large objects (curriculum) */
+    int batch;               /* examples per optimizer step (gradient accumulation) */
+    int64_t steps;           /* total optimizer steps (the schedule's length) */
+    tr_opt opt;              /* lr, warm-up, cosine end, AdamW, clipping (opt.total = steps) */
+    int train_mask;          /* TR_GROUP_* */
+    int n_threads;
+    const char *out_path;    /* final model (parameters only); NULL: none */
+    const char *ckpt_path;   /* checkpoint with optimizer state; NULL: none */
+    int ckpt_every;          /* steps between checkpoints (0: only at the end) */
+    int eval_every;          /* steps between held-out evaluations (0: never) */
+    int eval_n;              /* held-out examples per evaluation */
+    const char *resume_path; /* continue this checkpoint (its stored options win) */
+    const char *init_path;   /* start from these weights and vocabulary (fresh optimizer) */
+} tl_params;
+
+/* Defaults: the demo model's configuration and recipe (docs/DEMO_MODEL.md). */
+tl_params tl_default_params(void);
+
+enum { TL_EV_STEP = 0, TL_EV_EVAL = 1, TL_EV_CKPT = 2, TL_EV_START = 3 };
+
+typedef struct {
+    int event;               /* TL_EV_* */
+    int64_t step, total;     /* optimizer steps done / scheduled */
+    float loss;              /* mean loss of the step's batch */
+    float lr;
+    double gnorm;            /* before clipping */
+    double tok_per_s;        /* sequence rows (text + image) per second since the start */
+    double elapsed_s, eta_s;
+    float eval_loss;         /* TL_EV_EVAL: teacher-forced loss on held-out examples */
+    float eval_tok_acc;      /* TL_EV_EVAL: argmax accuracy on answer tokens, 0..1 */
+    float eval_exact;        /* TL_EV_EVAL: fraction of answers entirely right under teacher forcing */
+    int64_t n_params;
+    int n_vocab;
+    const char *path;        /* TL_EV_CKPT: where */
+} tl_progress;
+
+/* Return non-zero to stop (the loop saves a checkpoint and returns MG_ERR_CANCELLED). */
+typedef int (*tl_progress_fn)(void *user, const tl_progress *p);
+
+/* Runs the whole training described by p. */
+mg_status tl_train(const tl_params *p, tl_progress_fn cb, void *user, char *err, size_t err_len);
+
+/* The demo vocabulary: <unk>, <s>, </s>, 256 byte pieces, single characters, and every prefix of
+ * the word/tag units of the world's texts (and of extra_texts, may be NULL) so SentencePiece BPE
+ * reaches each unit as one piece. Deterministic. */
+mg_status tl_build_vocab(mg_tokenizer **out, const char *const *extra_texts, int n_extra, char *err,
+                         size_t err_len);
+
+/* A user folder's data: DIR/data.jsonl lines {"image": PATH, "instruction": S, "answer": S}
+ * (PATH relative to DIR) or `minigpt synth` lines {"image", "examples": [{instruction, answer}]}. */
+typedef struct {
+    int n;
+    char **image;        /* [n] full paths */
+    char **instruction;  /* [n] */
+    char **answer;       /* [n] */
+} tl_folder;
+
+/* Reads and checks DIR/data.jsonl; a malformed line fails with "data.jsonl line N: why". */
+mg_status tl_folder_load(tl_folder *out, const char *dir, char *err, size_t err_len);
+void tl_folder_free(tl_folder *f);
+
+/* Tokenizes one example in the MiniGPT-v2 template: ids/mask (answer + EOS masked in), img_pos.
+ * ids and mask hold max entries; *n_text receives the count. */
+mg_status tl_encode(const mg_tokenizer *tok, const char *instruction, const char *answer, int32_t *ids,
+                    uint8_t *mask, int max, int *n_text, int *img_pos, char *err, size_t err_len);
+
+/* Writes a parameters-only copy of checkpoint ckpt (no "opt.*" tensors) to out. */
+mg_status tl_export(const char *ckpt, const char *out, char *err, size_t err_len);
+
+#endif

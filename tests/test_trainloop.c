@@ -1,0 +1,342 @@
+/*
+ * test_trainloop.c - the training loop of `minigpt train` (src/trainloop.c) and the shipped demo
+ * model: the loss falls on a tiny configuration, resume is bit-identical, proj mode changes only
+ * the projection, the user-folder JSONL input works and rejects malformed lines, the vocabulary
+ * makes boxes short, and models/demo.gguf (when present) answers held-out [refer] questions.
+ */
+#include "test.h"
+
+#include "evalscore.h"
+#include "tokenizer.h"
+#include "trainloop.h"
+#include "world.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A tiny configuration that trains in seconds. */
+static tl_params tiny_params(void) {
+    tl_params p = tl_default_params();
+    p.cfg = (tr_config){.image_size = 64, .patch_size = 16, .v_embd = 32, .v_layer = 1, .v_head = 2, .v_ff = 64,
+                        .v_eps = 1e-6f, .post_eps = 1e-5f, .n_embd = 48, .n_layer = 1, .n_head = 2,
+                        .n_head_kv = 2, .n_ff = 96, .n_ctx = 96, .rms_eps = 1e-5f, .rope_theta = 10000.0f};
+    /* refer only: short examples */
+    for (int t = 0; t < TL_N_TASKS; t++) p.task_weight[t] = t == MG_TASK_REFER ? 1.0f : 0.0f;
+    p.batch = 2;
+    p.steps = 8;
+    p.opt.warmup = 2;
+    p.opt.lr = 3e-3f;
+    p.n_threads = 1;
+    p.ckpt_every = 0;
+    p.eval_every = 0;
+    p.eval_n = 0;
+    return p;
+}
+
+typedef struct {
+    float loss[256];
+    int n;
+    int stop_at; /* cancel after this step (0: never) */
+    float eval_loss;
+} recorder;
+
+static int record(void *user, const tl_progress *pg) {
+    recorder *r = user;
+    if (pg->event == TL_EV_STEP && r->n < 256) r->loss[r->n++] = pg->loss;
+    if (pg->event == TL_EV_EVAL) r->eval_loss = pg->eval_loss;
+    return r->stop_at > 0 && pg->event == TL_EV_STEP && pg->step >= r->stop_at;
+}
+
+/* A few dozen steps lower the loss clearly. */
+TEST(trainloop_loss_decreases) {
+    char out[4096], err[512];
+    snprintf(out, sizeof out, "%s/tl_loss.gguf", test_data_dir());
+    tl_params p = tiny_params();
+    p.steps = test_quick() ? 24 : 40;
+    p.batch = 4;
+    p.eval_every = p.steps;
+    p.eval_n = 8;
+    p.out_path = out;
+    recorder r = {0};
+    mg_status st = tl_train(&p, record, &r, err, sizeof err);
+    CHECK_MSG(st == MG_OK, "tl_train: %s", err);
+    CHECK_EQ_INT(r.n, (int)p.steps);
+    if (r.n < 6) return;
+    float first = (r.loss[0] + r.loss[1] + r.loss[2]) / 3, last = (r.loss[r.n - 1] + r.loss[r.n - 2] + r.loss[r.n - 3]) / 3;
+    printf("  loss %.3f -> %.3f, held-out %.3f\n", first, last, r.eval_loss);
+    CHECK_MSG(last < first - 1.5f, "loss %.3f -> %.3f", first, last);
+    CHECK(r.eval_loss > 0 && r.eval_loss < first - 1.0f);
+    /* the output is parameters only and runs in the engine */
+    mg_model *m = NULL;
+    mg_model_params mp = mg_model_default_params();
+    mp.n_threads = 1;
+    CHECK_MSG(mg_model_open(&m, out, &mp, err, sizeof err) == MG_OK, "open: %s", err);
+    if (m) {
+        CHECK(mg_model_has_vision(m));
+        CHECK_EQ_INT(mg_model_image_size(m), 64);
+        mg_model_close(m);
+    }
+    gguf_file *f = NULL;
+    CHECK(gguf_open(&f, out, err, sizeof err) == MG_OK);
+    if (f) {
+        CHECK(gguf_find_tensor(f, "mm.proj.weight") != NULL);
+        CHECK(gguf_find_tensor(f, "opt.m.mm.proj.weight") == NULL);
+        gguf_close(f);
+    }
+}
+
+static bool same_model(const char *a, const char *b, bool moments) {
+    char err[256];
+    tr_model *x = NULL, *y = NULL;
+    bool ok = tr_load(&x, a, 1, err, sizeof err) == MG_OK && tr_load(&y, b, 1, err, sizeof err) == MG_OK &&
+              x->n_params == y->n_params && x->step == y->step &&
+              memcmp(x->params, y->params, (size_t)x->n_params * sizeof(float)) == 0;
+    if (ok && moments)
+        ok = memcmp(x->adam_m, y->adam_m, (size_t)x->n_params * sizeof(float)) == 0 &&
+             memcmp(x->adam_v, y->adam_v, (size_t)x->n_params * sizeof(float)) == 0;
+    tr_model_free(x);
+    tr_model_free(y);
+    return ok;
+}
+
+/* Stopping at step 4 and resuming gives the same bits as one uninterrupted run. */
+TEST(trainloop_resume_bit_identical) {
+    char a[4096], b[4096], err[512];
+    snprintf(a, sizeof a, "%s/tl_full.ckpt", test_data_dir());
+    snprintf(b, sizeof b, "%s/tl_part.ckpt", test_data_dir());
+    tl_params p = tiny_params();
+    p.ckpt_path = a;
+    recorder r1 = {0}, r2 = {.stop_at = 4}, r3 = {0};
+    CHECK_MSG(tl_train(&p, record, &r1, err, sizeof err) == MG_OK, "%s", err);
+    p.ckpt_path = b;
+    CHECK(tl_train(&p, record, &r2, err, sizeof err) == MG_ERR_CANCELLED);
+    CHECK_EQ_INT(r2.n, 4);
+    /* resume: only the checkpoint is given; the stored options win over these */
+    tl_params q = tiny_params();
+    q.batch = 7;
+    q.opt.lr = 1.0f;
+    q.ckpt_path = b;
+    q.resume_path = b;
+    CHECK_MSG(tl_train(&q, record, &r3, err, sizeof err) == MG_OK, "%s", err);
+    CHECK_EQ_INT(r3.n, 4);
+    CHECK(same_model(a, b, true));
+    for (int i = 0; i < 4 && r3.n == 4; i++) CHECK(r1.loss[4 + i] == r3.loss[i]);
+    /* and a run with another seed differs (the comparison can fail) */
+    char c[4096];
+    snprintf(c, sizeof c, "%s/tl_seed.ckpt", test_data_dir());
+    p.seed = 2;
+    p.ckpt_path = c;
+    CHECK(tl_train(&p, NULL, NULL, err, sizeof err) == MG_OK);
+    CHECK(!same_model(a, c, false));
+}
+
+/* --train proj: only mm.proj.* moves. */
+TEST(trainloop_proj_mode) {
+    char base[4096], out[4096], err[512];
+    snprintf(base, sizeof base, "%s/tl_base.gguf", test_data_dir());
+    snprintf(out, sizeof out, "%s/tl_proj.gguf", test_data_dir());
+    tl_params p = tiny_params();
+    p.steps = 2;
+    p.out_path = base;
+    CHECK_MSG(tl_train(&p, NULL, NULL, err, sizeof err) == MG_OK, "%s", err);
+    p = tiny_params();
+    p.steps = 3;
+    p.train_mask = TR_GROUP_PROJ;
+    p.init_path = base;
+    p.out_path = out;
+    CHECK_MSG(tl_train(&p, NULL, NULL, err, sizeof err) == MG_OK, "%s", err);
+    tr_model *x = NULL, *y = NULL;
+    CHECK(tr_load(&x, base, 1, err, sizeof err) == MG_OK);
+    CHECK(tr_load(&y, out, 1, err, sizeof err) == MG_OK);
+    if (!x || !y) {
+        tr_model_free(x);
+        tr_model_free(y);
+        return;
+    }
+    int changed_proj = 0, changed_other = 0;
+    for (int i = 0; i < x->n_tensors; i++) {
+        const tr_tensor *t = &x->tensors[i];
+        bool diff = memcmp(x->params + t->off, y->params + t->off, (size_t)t->n * sizeof(float)) != 0;
+        if (strncmp(t->name, "mm.proj.", 8) == 0) changed_proj += diff;
+        else if (diff) {
+            changed_other++;
+            printf("  changed: %s\n", t->name);
+        }
+    }
+    CHECK_EQ_INT(changed_proj, 2);
+    CHECK_EQ_INT(changed_other, 0);
+    CHECK_EQ_INT((int)y->step, 3);
+    tr_model_free(x);
+    tr_model_free(y);
+}
+
+static bool write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    if (!f) return false;
+    fputs(text, f);
+    return fclose(f) == 0;
+}
+
+/* A user folder: JSONL pairs and synth-style lines train; malformed lines are named. */
+TEST(trainloop_folder_jsonl) {
+    char dir[4096], path[4200], err[512];
+    snprintf(dir, sizeof dir, "%s/tl_folder", test_data_dir());
+    test_run("rm -rf %s && mkdir -p %s/img", dir, dir);
+    world_scene sc;
+    CHECK(world_scene_generate(&sc, 3, 0, 64, false, err, sizeof err) == MG_OK);
+    snprintf(path, sizeof path, "%s/img/a.png", dir);
+    CHECK(mg_image_write_png(&sc.image, path, err, sizeof err) == MG_OK);
+    world_scene_free(&sc);
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    CHECK(write_text(path, "{\"image\": \"img/a.png\", \"instruction\": \"[refer] the zebra\", \"answer\": "
+                           "\"{<10><20><30><40>}\"}\n\n"
+                           "{\"image\": \"img/a.png\", \"examples\": [{\"instruction\": \"[vqa] is it odd?\", "
+                           "\"answer\": \"zebra yes\"}]}\n"));
+    tl_folder f;
+    CHECK_MSG(tl_folder_load(&f, dir, err, sizeof err) == MG_OK, "%s", err);
+    CHECK_EQ_INT(f.n, 2);
+    if (f.n == 2) CHECK(strcmp(f.answer[1], "zebra yes") == 0 && strstr(f.image[0], "/img/a.png") != NULL);
+    tl_folder_free(&f);
+    tl_params p = tiny_params();
+    p.data_dir = dir;
+    p.steps = 3;
+    p.eval_every = 3;
+    p.eval_n = 2;
+    char out[4200];
+    snprintf(out, sizeof out, "%s/model.gguf", dir);
+    p.out_path = out;
+    recorder r = {0};
+    CHECK_MSG(tl_train(&p, record, &r, err, sizeof err) == MG_OK, "%s", err);
+    CHECK_EQ_INT(r.n, 3);
+    /* the user's words joined the vocabulary: "zebra" is one piece */
+    gguf_file *gf = NULL;
+    mg_tokenizer *tok = NULL;
+    if (gguf_open(&gf, out, err, sizeof err) == MG_OK && tok_load_gguf(&tok, gf, err, sizeof err) == MG_OK) {
+        int32_t ids[16];
+        int n = 0;
+        CHECK(mg_tokenize(tok, "zebra", 5, 0, 0, ids, 16, &n) == MG_OK);
+        CHECK_EQ_INT(n, 1);
+    } else CHECK_MSG(0, "%s", err);
+    mg_tokenizer_free(tok);
+    gguf_close(gf);
+
+    static const struct {
+        const char *text, *want;
+    } bad[] = {
+        {"{\"image\": \"img/a.png\", \"instruction\": \"x\", \"answer\": \"y\"}\n{\"image\": \"img/a.png\", "
+         "\"instruction\": \"x\"}\n",
+         "line 2: missing \"answer\""},
+        {"{\"image\": \"img/a.png\", \"instruction\": \"x\", \"answer\": \"y\"\n", "line 1: not JSON"},
+        {"[1, 2]\n", "line 1: not a JSON object"},
+        {"{\"instruction\": \"x\", \"answer\": \"y\"}\n", "line 1: missing \"image\""},
+        {"{\"image\": \"a.png\", \"examples\": {}}\n", "line 1: \"examples\" must be a non-empty array"},
+        {"{\"image\": \"a.png\", \"instruction\": 3, \"answer\": \"y\"}\n", "must be strings"},
+        {"\n\n", "no examples"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK(write_text(path, bad[i].text));
+        err[0] = 0;
+        CHECK(tl_folder_load(&f, dir, err, sizeof err) == MG_ERR_FORMAT);
+        CHECK_MSG(strstr(err, bad[i].want) != NULL, "case %zu: '%s' lacks '%s'", i, err, bad[i].want);
+    }
+    /* the CLI reports it */
+    const char *bin = getenv("MG_BIN") ? getenv("MG_BIN") : "build/minigpt";
+    CHECK(write_text(path, "{\"image\": \"img/a.png\"}\n"));
+    CHECK(test_run("%s train -q --data %s -o %s/m2.gguf --steps 1 2>&1 | grep -q 'data.jsonl line 1: missing'", bin,
+                   dir, dir) == 0);
+    CHECK(test_run("%s train --help | grep -q -- '--resume CKPT'", bin) == 0);
+    CHECK(test_run("%s train -o %s/x.gguf --train everything 2>/dev/null", bin, dir) != 0);
+}
+
+/* The vocabulary keeps the grounded answers short and exact. */
+TEST(trainloop_vocab_units) {
+    char err[256];
+    mg_tokenizer *tok = NULL;
+    CHECK_MSG(tl_build_vocab(&tok, NULL, 0, err, sizeof err) == MG_OK, "%s", err);
+    if (!tok) return;
+    int32_t ids[64];
+    int n = 0;
+    const char *box = "{<12><30><45><100>}";
+    CHECK(mg_tokenize(tok, box, strlen(box), 0, 0, ids, 64, &n) == MG_OK);
+    CHECK_EQ_INT(n, 6); /* "_{" <12> <30> <45> <100> "}" */
+    char back[128];
+    CHECK(mg_detokenize(tok, ids, n, 1, 1, back, sizeof back) == (int64_t)strlen(box));
+    CHECK(strcmp(back, box) == 0);
+    const char *s = "<p>two red stars</p> {<1><2><3><4>}<delim>{<5><6><7><8>}";
+    CHECK(mg_tokenize(tok, s, strlen(s), 0, 0, ids, 64, &n) == MG_OK);
+    CHECK(n <= 20);
+    CHECK(mg_detokenize(tok, ids, n, 1, 1, back, sizeof back) == (int64_t)strlen(s) && strcmp(back, s) == 0);
+    /* text outside the world still round-trips (byte fallback) */
+    const char *odd = "Zürich ~ 42";
+    CHECK(mg_tokenize(tok, odd, strlen(odd), 0, 0, ids, 64, &n) == MG_OK);
+    CHECK(mg_detokenize(tok, ids, n, 1, 1, back, sizeof back) == (int64_t)strlen(odd) && strcmp(back, odd) == 0);
+    /* the template: answer and EOS are the only targets */
+    uint8_t mask[64];
+    int nt = 0, pos = 0;
+    CHECK(tl_encode(tok, "[refer] red star", box, ids, mask, 64, &nt, &pos, err, sizeof err) == MG_OK);
+    int ntarget = 0;
+    for (int i = 0; i < nt; i++) ntarget += mask[i];
+    CHECK_EQ_INT(ntarget, 7);
+    CHECK(ids[0] == mg_token_bos(tok) && ids[nt - 1] == mg_token_eos(tok) && mask[nt - 1] == 1 && mask[0] == 0);
+    CHECK(pos > 1 && pos < nt - 7);
+    CHECK(tl_encode(tok, "[refer] red star", box, ids, mask, 8, &nt, &pos, err, sizeof err) != MG_OK);
+    mg_tokenizer_free(tok);
+}
+
+/* The shipped demo model (or MG_DEMO_MODEL) answers [refer] on held-out synthetic images: at least
+ * 7 of 10 with IoU > 0.5 (a real check). */
+TEST(demo_model_refer) {
+    const char *path = getenv("MG_DEMO_MODEL") ? getenv("MG_DEMO_MODEL") : "models/demo.gguf";
+    FILE *fp = fopen(path, "rb");
+    if (!fp) SKIP("%s not present", path);
+    fclose(fp);
+    char err[512];
+    mg_model *m = NULL;
+    mg_model_params mp = mg_model_default_params();
+    mp.n_threads = 2;
+    if (mg_model_open(&m, path, &mp, err, sizeof err) != MG_OK) {
+        CHECK_MSG(0, "%s", err);
+        return;
+    }
+    mg_vl *vl = NULL;
+    mg_session_params ssp = mg_session_default_params();
+    mg_sampler_params sp = mg_sampler_default_params();
+    sp.temperature = 0;
+    sp.repeat_penalty = 1;
+    mg_generate_params gp = mg_generate_default_params();
+    gp.n_predict = 20;
+    mg_sampler *smp = NULL;
+    CHECK(mg_vl_create(&vl, m, &ssp, err, sizeof err) == MG_OK);
+    CHECK(mg_sampler_create(&smp, &sp, mg_model_n_vocab(m)) == MG_OK);
+    world_example *ex = malloc(sizeof *ex * WORLD_MAX_EXAMPLES);
+    int asked = 0, hits = 0;
+    for (uint64_t k = 0; vl && smp && ex && asked < 10 && k < 40; k++) {
+        world_scene sc;
+        int n = 0;
+        if (world_scene_generate(&sc, 1, 5000 + k, mg_model_image_size(m), true, err, sizeof err) != MG_OK) break;
+        world_scene_examples(&sc, 1u << MG_TASK_REFER, true, ex, WORLD_MAX_EXAMPLES, &n, err, sizeof err);
+        if (n > 0) {
+            mg_vl_reset(vl);
+            mg_vl_result r;
+            memset(&r, 0, sizeof r);
+            CHECK(mg_vl_ask(vl, &sc.image, ex[0].instruction, smp, &gp, &r) == MG_OK);
+            const world_object *o = &sc.objects[ex[0].target];
+            double gt[4] = {o->x0, o->y0, o->x1 + 1 - o->x0, o->y1 + 1 - o->y0};
+            bool valid = false;
+            int hit = r.text ? eval_refer_hit(r.text, gt, sc.w, sc.h, &valid) : 0;
+            printf("  %s -> %s (%s)\n", ex[0].instruction, r.text ? r.text : "", hit ? "hit" : "miss");
+            hits += hit;
+            asked++;
+            mg_vl_result_free(&r);
+        }
+        world_scene_free(&sc);
+    }
+    free(ex);
+    CHECK_EQ_INT(asked, 10);
+    CHECK_MSG(hits >= 7, "%d of %d held-out [refer] answers with IoU > 0.5", hits, asked);
+    mg_sampler_free(smp);
+    mg_vl_free(vl);
+    mg_model_close(m);
+}
