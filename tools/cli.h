@@ -46,4 +46,18 @@ bool cli_parse_float(const char *s, double *out);
 /* Default thread count: online cores, at most 8. */
 int cli_default_threads(void);
 
+/* Sampling options shared by `run` and `chat`: --greedy, --temp, --top-p, --repeat-penalty, --seed,
+ * -n/--n-predict. Only the options given override the model's generation defaults. */
+typedef struct {
+    bool greedy, have_temp, have_top_p, have_rp, have_seed;
+    double temp, top_p, rp;
+    long long seed, n_predict; /* n_predict -2: not given */
+} cli_gen_opts;
+void cli_gen_opts_init(cli_gen_opts *o);
+/* Parses the sampling option at argv[*i] (advancing *i past its value). Returns 1 if consumed, 0 if
+ * argv[*i] is not a sampling option, -1 after printing a one-line error. */
+int cli_parse_gen_opt(const char *cmd, cli_gen_opts *o, int argc, char **argv, int *i);
+/* Model defaults, then --greedy (argmax, penalty 1 as the benchmark evaluation), then explicit values. */
+void cli_gen_opts_apply(const cli_gen_opts *o, const mg_model *m, mg_sampler_params *sp, mg_generate_params *gp);
+
 #endif

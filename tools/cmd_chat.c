@@ -50,41 +50,27 @@ static char *trim(char *s) {
 /* Entry point of `minigpt chat`. */
 int cmd_chat(int argc, char **argv) {
     const char *model_path = NULL, *llm_path = NULL, *image_path = NULL;
-    bool greedy = false, have_rp = false, have_temp = false, have_top_p = false, have_seed = false;
-    double temp = 0, top_p = 0, rp = 1;
-    long long seed = 0, n_predict = -2, threads = cli_default_threads();
+    cli_gen_opts go;
+    cli_gen_opts_init(&go);
+    long long threads = cli_default_threads();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) {
             usage(stdout);
             return 0;
         }
+        int g = cli_parse_gen_opt("chat", &go, argc, argv, &i);
+        if (g < 0) return 1;
+        if (g) continue;
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         bool takes = strcmp(a, "-m") == 0 || strcmp(a, "--model") == 0 || strcmp(a, "--llm") == 0 ||
-                     strcmp(a, "--image") == 0 || strcmp(a, "--temp") == 0 || strcmp(a, "--top-p") == 0 || strcmp(a, "--repeat-penalty") == 0 ||
-                     strcmp(a, "--seed") == 0 || strcmp(a, "-n") == 0 || strcmp(a, "--n-predict") == 0 ||
-                     strcmp(a, "-t") == 0 || strcmp(a, "--threads") == 0;
+                     strcmp(a, "--image") == 0 || strcmp(a, "-t") == 0 || strcmp(a, "--threads") == 0;
         if (takes && !v) return cli_error("chat", "%s needs a value", a);
         if (takes) i++;
         if (strcmp(a, "-m") == 0 || strcmp(a, "--model") == 0) model_path = v;
         else if (strcmp(a, "--llm") == 0) llm_path = v;
         else if (strcmp(a, "--image") == 0) image_path = v;
-        else if (strcmp(a, "--greedy") == 0) greedy = true;
-        else if (strcmp(a, "--temp") == 0) {
-            if (!cli_parse_float(v, &temp) || temp < 0) return cli_error("chat", "bad --temp '%s'", v);
-            have_temp = true;
-        } else if (strcmp(a, "--top-p") == 0) {
-            if (!cli_parse_float(v, &top_p) || top_p <= 0 || top_p > 1) return cli_error("chat", "bad --top-p '%s'", v);
-            have_top_p = true;
-        } else if (strcmp(a, "--repeat-penalty") == 0) {
-            if (!cli_parse_float(v, &rp) || rp <= 0) return cli_error("chat", "bad --repeat-penalty '%s'", v);
-            have_rp = true;
-        } else if (strcmp(a, "--seed") == 0) {
-            if (!cli_parse_int(v, 0, INT64_MAX, &seed)) return cli_error("chat", "bad --seed '%s'", v);
-            have_seed = true;
-        } else if (strcmp(a, "-n") == 0 || strcmp(a, "--n-predict") == 0) {
-            if (!cli_parse_int(v, -1, 1 << 24, &n_predict)) return cli_error("chat", "bad -n '%s'", v);
-        } else if (strcmp(a, "-t") == 0 || strcmp(a, "--threads") == 0) {
+        else if (strcmp(a, "-t") == 0 || strcmp(a, "--threads") == 0) {
             if (!cli_parse_int(v, 1, 256, &threads)) return cli_error("chat", "bad --threads '%s'", v);
         } else {
             return cli_error("chat", "unknown option '%s' (see minigpt chat --help)", a);
@@ -115,16 +101,7 @@ int cmd_chat(int argc, char **argv) {
     }
     mg_sampler_params sp = mg_sampler_default_params();
     mg_generate_params gp = mg_generate_default_params();
-    mg_model_generation_defaults(m, &sp, &gp);
-    if (greedy) { /* argmax of the raw logits, as the benchmark evaluation (penalty 1) */
-        sp.temperature = 0;
-        sp.repeat_penalty = 1;
-    }
-    if (have_rp) sp.repeat_penalty = (float)rp;
-    if (have_temp) sp.temperature = (float)temp;
-    if (have_top_p) sp.top_p = (float)top_p;
-    if (have_seed) sp.seed = (uint64_t)seed;
-    if (n_predict != -2) gp.n_predict = (int)n_predict;
+    cli_gen_opts_apply(&go, m, &sp, &gp);
     /* MiniGPT-4 stops on the "###" separator tokens; also end the streamed text there */
     static const char *const sep_stop[] = {"###", NULL};
     if (mg_model_chat_template(m) != MG_CHAT_MINIGPT_V2) gp.stop_strings = sep_stop;

@@ -206,15 +206,19 @@ static int build_question(const char *prompt, int task, const char *region, char
 int cmd_run(int argc, char **argv) {
     const char *model_path = NULL, *llm_path = NULL, *image_path = NULL, *prompt = NULL, *task_name = NULL;
     const char *box = NULL, *draw = NULL, *dump = NULL, *answer = NULL;
-    bool greedy = false, have_rp = false, json = false, have_temp = false, have_top_p = false, have_seed = false;
-    double temp = 0, top_p = 0, rp = 1;
-    long long seed = 0, n_predict = -2, threads = cli_default_threads();
+    bool json = false;
+    cli_gen_opts go;
+    cli_gen_opts_init(&go);
+    long long threads = cli_default_threads();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is_help(a)) {
             usage(stdout);
             return 0;
         }
+        int g = cli_parse_gen_opt("run", &go, argc, argv, &i);
+        if (g < 0) return 1;
+        if (g) continue;
         bool has_val = i + 1 < argc;
         const char *v = has_val ? argv[i + 1] : NULL;
 #define OPT(s, l) (strcmp(a, s) == 0 || strcmp(a, l) == 0)
@@ -229,31 +233,11 @@ int cmd_run(int argc, char **argv) {
         else if (OPT("-p", "--prompt")) { NEED_VAL(); prompt = v; }
         else if (strcmp(a, "--task") == 0) { NEED_VAL(); task_name = v; }
         else if (strcmp(a, "--box") == 0) { NEED_VAL(); box = v; }
-        else if (strcmp(a, "--greedy") == 0) greedy = true;
         else if (strcmp(a, "--json") == 0) json = true;
         else if (strcmp(a, "--draw") == 0) { NEED_VAL(); draw = v; }
         else if (strcmp(a, "--dump") == 0) { NEED_VAL(); dump = v; }
         else if (strcmp(a, "--answer") == 0) { NEED_VAL(); answer = v; } /* debug: skip generation */
-        else if (strcmp(a, "--temp") == 0) {
-            NEED_VAL();
-            if (!cli_parse_float(v, &temp) || temp < 0) return cli_error("run", "bad --temp '%s'", v);
-            have_temp = true;
-        } else if (strcmp(a, "--top-p") == 0) {
-            NEED_VAL();
-            if (!cli_parse_float(v, &top_p) || top_p <= 0 || top_p > 1) return cli_error("run", "bad --top-p '%s'", v);
-            have_top_p = true;
-        } else if (strcmp(a, "--repeat-penalty") == 0) {
-            NEED_VAL();
-            if (!cli_parse_float(v, &rp) || rp <= 0) return cli_error("run", "bad --repeat-penalty '%s'", v);
-            have_rp = true;
-        } else if (strcmp(a, "--seed") == 0) {
-            NEED_VAL();
-            if (!cli_parse_int(v, 0, INT64_MAX, &seed)) return cli_error("run", "bad --seed '%s'", v);
-            have_seed = true;
-        } else if (OPT("-n", "--n-predict")) {
-            NEED_VAL();
-            if (!cli_parse_int(v, -1, 1 << 24, &n_predict)) return cli_error("run", "bad -n '%s'", v);
-        } else if (OPT("-t", "--threads")) {
+        else if (OPT("-t", "--threads")) {
             NEED_VAL();
             if (!cli_parse_int(v, 1, 256, &threads)) return cli_error("run", "bad --threads '%s'", v);
         } else {
@@ -310,16 +294,7 @@ int cmd_run(int argc, char **argv) {
     double t_load = now_ms() - t_start;
     mg_sampler_params sp = mg_sampler_default_params();
     mg_generate_params gp = mg_generate_default_params();
-    mg_model_generation_defaults(m, &sp, &gp);
-    if (greedy) { /* argmax of the raw logits, as the benchmark evaluation (penalty 1) */
-        sp.temperature = 0;
-        sp.repeat_penalty = 1;
-    }
-    if (have_rp) sp.repeat_penalty = (float)rp;
-    if (have_temp) sp.temperature = (float)temp;
-    if (have_top_p) sp.top_p = (float)top_p;
-    if (have_seed) sp.seed = (uint64_t)seed;
-    if (n_predict != -2) gp.n_predict = (int)n_predict;
+    cli_gen_opts_apply(&go, m, &sp, &gp);
     gen.cap = gp.n_predict > 0 ? (int)gp.n_predict : mg_model_n_ctx_train(m);
     gen.ids = malloc((size_t)(gen.cap > 0 ? gen.cap : 1) * sizeof *gen.ids);
     gen.stream = false;

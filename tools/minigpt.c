@@ -71,6 +71,50 @@ int cli_default_threads(void) {
     return (int)n;
 }
 
+void cli_gen_opts_init(cli_gen_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->rp = 1;
+    o->n_predict = -2;
+}
+
+int cli_parse_gen_opt(const char *cmd, cli_gen_opts *o, int argc, char **argv, int *i) {
+    const char *a = argv[*i];
+    if (strcmp(a, "--greedy") == 0) {
+        o->greedy = true;
+        return 1;
+    }
+    bool temp = strcmp(a, "--temp") == 0, top_p = strcmp(a, "--top-p") == 0;
+    bool rp = strcmp(a, "--repeat-penalty") == 0, seed = strcmp(a, "--seed") == 0;
+    bool n = strcmp(a, "-n") == 0 || strcmp(a, "--n-predict") == 0;
+    if (!temp && !top_p && !rp && !seed && !n) return 0;
+    if (*i + 1 >= argc) return cli_error(cmd, "%s needs a value", a), -1;
+    const char *v = argv[++*i];
+    if (temp && (!cli_parse_float(v, &o->temp) || o->temp < 0)) return cli_error(cmd, "bad --temp '%s'", v), -1;
+    if (top_p && (!cli_parse_float(v, &o->top_p) || o->top_p <= 0 || o->top_p > 1))
+        return cli_error(cmd, "bad --top-p '%s'", v), -1;
+    if (rp && (!cli_parse_float(v, &o->rp) || o->rp <= 0)) return cli_error(cmd, "bad --repeat-penalty '%s'", v), -1;
+    if (seed && !cli_parse_int(v, 0, INT64_MAX, &o->seed)) return cli_error(cmd, "bad --seed '%s'", v), -1;
+    if (n && !cli_parse_int(v, -1, 1 << 24, &o->n_predict)) return cli_error(cmd, "bad -n '%s'", v), -1;
+    o->have_temp |= temp;
+    o->have_top_p |= top_p;
+    o->have_rp |= rp;
+    o->have_seed |= seed;
+    return 1;
+}
+
+void cli_gen_opts_apply(const cli_gen_opts *o, const mg_model *m, mg_sampler_params *sp, mg_generate_params *gp) {
+    mg_model_generation_defaults(m, sp, gp);
+    if (o->greedy) {
+        sp->temperature = 0;
+        sp->repeat_penalty = 1;
+    }
+    if (o->have_rp) sp->repeat_penalty = (float)o->rp;
+    if (o->have_temp) sp->temperature = (float)o->temp;
+    if (o->have_top_p) sp->top_p = (float)o->top_p;
+    if (o->have_seed) sp->seed = (uint64_t)o->seed;
+    if (o->n_predict != -2) gp->n_predict = (int)o->n_predict;
+}
+
 static void usage(FILE *f) {
     fprintf(f, "minigpt %s - grounded vision-language models on a CPU\n\n"
                "usage: minigpt COMMAND [options]    (minigpt COMMAND --help for details)\n\ncommands:\n",
