@@ -274,8 +274,7 @@ static void layout_cache(const tr_config *c, tr_cache *ch, carver *cv, int L) {
 }
 
 /* Makes sure the cache holds sequences of L rows. */
-static mg_status cache_reserve(tr_model *m, int L, char *err, size_t err_len) {
-    tr_cache *ch = m->cache;
+static mg_status cache_reserve(tr_model *m, tr_cache *ch, int L, char *err, size_t err_len) {
     if (ch->arena && ch->L >= L) return MG_OK;
     carver cv = {NULL, 0};
     layout_cache(&m->cfg, ch, &cv, L);
@@ -291,6 +290,38 @@ static mg_status cache_reserve(tr_model *m, int L, char *err, size_t err_len) {
     cv.used = 0;
     layout_cache(&m->cfg, ch, &cv, L);
     return MG_OK;
+}
+
+static void cache_free(tr_cache *ch);
+
+/* An empty cache (buffers come with the first cache_reserve); NULL when out of memory. */
+static tr_cache *cache_new(const tr_config *cfg) {
+    tr_cache *ch = calloc(1, sizeof *ch);
+    if (!ch) return NULL;
+    const size_t nv = (size_t)MG_MAX(cfg->v_layer, 1), nl = (size_t)MG_MAX(cfg->n_layer, 1);
+    ch->vb_p = calloc(nv, sizeof(vit_w));
+    ch->vb_g = calloc(nv, sizeof(vit_w));
+    ch->lb_p = calloc(nl, sizeof(llm_w));
+    ch->lb_g = calloc(nl, sizeof(llm_w));
+    ch->vc = calloc(nv, sizeof(vit_cache));
+    ch->lc = calloc(nl, sizeof(llm_cache));
+    if (!ch->vb_p || !ch->vb_g || !ch->lb_p || !ch->lb_g || !ch->vc || !ch->lc) {
+        cache_free(ch);
+        return NULL;
+    }
+    return ch;
+}
+
+static void cache_free(tr_cache *ch) {
+    if (!ch) return;
+    mg_free_aligned(ch->arena);
+    free(ch->vb_p);
+    free(ch->vb_g);
+    free(ch->lb_p);
+    free(ch->lb_g);
+    free(ch->vc);
+    free(ch->lc);
+    free(ch);
 }
 
 /* ==== Model ==== */
@@ -373,7 +404,7 @@ static mg_status model_alloc(tr_model **out, const tr_config *cfg, int n_threads
     m->train_mask = TR_GROUP_VISION | TR_GROUP_PROJ | TR_GROUP_LLM;
     m->n_tensors = count_tensors(cfg);
     m->tensors = calloc((size_t)m->n_tensors, sizeof *m->tensors);
-    m->cache = calloc(1, sizeof *m->cache);
+    m->cache = cache_new(cfg);
     if (!m->tensors || !m->cache) goto nomem;
     walker k = {.m = m, .reg = true};
     walk(&k, NULL);
@@ -384,17 +415,7 @@ static mg_status model_alloc(tr_model **out, const tr_config *cfg, int n_threads
     m->grads = mg_malloc_aligned(bytes);
     m->adam_m = mg_malloc_aligned(bytes);
     m->adam_v = mg_malloc_aligned(bytes);
-    tr_cache *ch = m->cache;
-    const size_t nv = (size_t)MG_MAX(cfg->v_layer, 1), nl = (size_t)MG_MAX(cfg->n_layer, 1);
-    ch->vb_p = calloc(nv, sizeof(vit_w));
-    ch->vb_g = calloc(nv, sizeof(vit_w));
-    ch->lb_p = calloc(nl, sizeof(llm_w));
-    ch->lb_g = calloc(nl, sizeof(llm_w));
-    ch->vc = calloc(nv, sizeof(vit_cache));
-    ch->lc = calloc(nl, sizeof(llm_cache));
-    if (!m->params || !m->grads || !m->adam_m || !m->adam_v || !ch->vb_p || !ch->vb_g || !ch->lb_p || !ch->lb_g ||
-        !ch->vc || !ch->lc)
-        goto nomem;
+    if (!m->params || !m->grads || !m->adam_m || !m->adam_v) goto nomem;
     memset(m->params, 0, bytes);
     memset(m->grads, 0, bytes);
     memset(m->adam_m, 0, bytes);
@@ -439,17 +460,13 @@ mg_status tr_model_create(tr_model **out, const tr_config *cfg, uint64_t seed, i
 void tr_model_free(tr_model *m) {
     if (!m) return;
     mg_pool_free(m->pool);
-    if (m->cache) {
-        tr_cache *ch = m->cache;
-        mg_free_aligned(ch->arena);
-        free(ch->vb_p);
-        free(ch->vb_g);
-        free(ch->lb_p);
-        free(ch->lb_g);
-        free(ch->vc);
-        free(ch->lc);
-        free(ch);
+    cache_free(m->cache);
+    for (int i = 1; i < m->n_rep; i++) {
+        cache_free(m->rep[i]);
+        mg_free_aligned(m->rep_grads[i]);
     }
+    free(m->rep);
+    free(m->rep_grads);
     mg_free_aligned(m->params);
     mg_free_aligned(m->grads);
     mg_free_aligned(m->adam_m);
@@ -471,13 +488,12 @@ void tr_zero_grad(tr_model *m) { memset(m->grads, 0, (size_t)m->n_params * sizeo
 /* ==== Forward / backward ==== */
 
 /* ViT + ln_vision + merge + projection: img rows [n_img, d] into out. */
-static void vision_fwd(tr_model *m, const tr_w *W, const float *image, float *out) {
+static void vision_fwd(tr_model *m, tr_cache *ch, mg_pool *pool, const tr_w *W, const float *image, float *out) {
     const tr_config *c = &m->cfg;
-    tr_cache *ch = m->cache;
     const int64_t E = c->v_embd, G = c->image_size / c->patch_size, Np = G * G, Tv = 1 + Np, Fv = c->v_ff;
     const int64_t PP3 = 3 * (int64_t)c->patch_size * c->patch_size;
     tr_patchify(ch->patches, image, c->image_size, c->patch_size);
-    tr_linear_fwd(m->pool, ch->pe, ch->patches, W->patch_w, W->patch_b, Np, E, PP3);
+    tr_linear_fwd(pool, ch->pe, ch->patches, W->patch_w, W->patch_b, Np, E, PP3);
     tr_cls_pos_fwd(ch->vx, ch->pe, W->cls, W->pos, Np, E);
     tr_attn_dims ad = {.T = (int)Tv, .n_head = c->v_head, .n_head_kv = c->v_head, .head_dim = (int)(E / c->v_head)};
     for (int i = 0; i < c->v_layer; i++) {
@@ -486,33 +502,32 @@ static void vision_fwd(tr_model *m, const tr_w *W, const float *image, float *ou
         const float *x = ch->vx + i * Tv * E;
         float *xo = ch->vx + (i + 1) * Tv * E;
         tr_layernorm_fwd(v->ln1, v->m1, v->r1, x, b->ln1_w, b->ln1_b, Tv, E, c->v_eps);
-        tr_linear_fwd(m->pool, v->q, v->ln1, b->qkv_w, b->q_b, Tv, E, E);
-        tr_linear_fwd(m->pool, v->k, v->ln1, b->qkv_w + E * E, NULL, Tv, E, E);
-        tr_linear_fwd(m->pool, v->v, v->ln1, b->qkv_w + 2 * E * E, b->v_b, Tv, E, E);
-        tr_attn_fwd(m->pool, &ad, v->ao, v->qr, v->kr, v->att, v->q, v->k, v->v);
-        tr_linear_fwd(m->pool, v->xmid, v->ao, b->out_w, b->out_b, Tv, E, E);
+        tr_linear_fwd(pool, v->q, v->ln1, b->qkv_w, b->q_b, Tv, E, E);
+        tr_linear_fwd(pool, v->k, v->ln1, b->qkv_w + E * E, NULL, Tv, E, E);
+        tr_linear_fwd(pool, v->v, v->ln1, b->qkv_w + 2 * E * E, b->v_b, Tv, E, E);
+        tr_attn_fwd(pool, &ad, v->ao, v->qr, v->kr, v->att, v->q, v->k, v->v);
+        tr_linear_fwd(pool, v->xmid, v->ao, b->out_w, b->out_b, Tv, E, E);
         mg_vec_add(v->xmid, x, Tv * E);
         tr_layernorm_fwd(v->ln2, v->m2, v->r2, v->xmid, b->ln2_w, b->ln2_b, Tv, E, c->v_eps);
-        tr_linear_fwd(m->pool, v->up, v->ln2, b->up_w, b->up_b, Tv, Fv, E);
+        tr_linear_fwd(pool, v->up, v->ln2, b->up_w, b->up_b, Tv, Fv, E);
         tr_gelu_fwd(v->act, v->up, Tv * Fv);
-        tr_linear_fwd(m->pool, xo, v->act, b->down_w, b->down_b, Tv, E, Fv);
+        tr_linear_fwd(pool, xo, v->act, b->down_w, b->down_b, Tv, E, Fv);
         mg_vec_add(xo, v->xmid, Tv * E);
     }
     tr_layernorm_fwd(ch->pln, ch->pm, ch->pr, ch->vx + c->v_layer * Tv * E, W->post_w, W->post_b, Tv, E,
                      c->post_eps);
     tr_merge4_fwd(ch->merged, ch->pln, Np, E);
-    tr_linear_fwd(m->pool, out, ch->merged, W->proj_w, W->proj_b, Np / 4, c->n_embd, 4 * E);
+    tr_linear_fwd(pool, out, ch->merged, W->proj_w, W->proj_b, Np / 4, c->n_embd, 4 * E);
 }
 
 /* Backward of vision_fwd from dout [n_img, d] (projection, then the tower when it learns). */
-static void vision_bwd(tr_model *m, const tr_w *W, const tr_w *D, const float *dout) {
+static void vision_bwd(tr_model *m, tr_cache *ch, mg_pool *pool, const tr_w *W, const tr_w *D, const float *dout) {
     const tr_config *c = &m->cfg;
-    tr_cache *ch = m->cache;
     const int64_t E = c->v_embd, G = c->image_size / c->patch_size, Np = G * G, Tv = 1 + Np, Fv = c->v_ff;
     const int64_t PP3 = 3 * (int64_t)c->patch_size * c->patch_size;
     const bool tower = (m->train_mask & TR_GROUP_VISION) != 0;
     if (tower) memset(ch->dmerged, 0, (size_t)(Np * E) * sizeof(float));
-    tr_linear_bwd(m->pool, tower ? ch->dmerged : NULL, D->proj_w, D->proj_b, dout, ch->merged, W->proj_w, Np / 4,
+    tr_linear_bwd(pool, tower ? ch->dmerged : NULL, D->proj_w, D->proj_b, dout, ch->merged, W->proj_w, Np / 4,
                   c->n_embd, 4 * E);
     if (!tower) return;
     float *dres = ch->vres; /* [Tv, E] gradient of the residual stream */
@@ -529,33 +544,34 @@ static void vision_bwd(tr_model *m, const tr_w *W, const tr_w *D, const float *d
         const float *x = ch->vx + i * Tv * E;
         /* x_out = xmid + down(gelu(up(ln2(xmid)))) */
         memset(ch->vdact, 0, nF);
-        tr_linear_bwd(m->pool, ch->vdact, g->down_w, g->down_b, dres, v->act, b->down_w, Tv, E, Fv);
+        tr_linear_bwd(pool, ch->vdact, g->down_w, g->down_b, dres, v->act, b->down_w, Tv, E, Fv);
         memset(ch->vdup, 0, nF);
         tr_gelu_bwd(ch->vdup, ch->vdact, v->up, Tv * Fv);
         memset(ch->vdn, 0, nE);
-        tr_linear_bwd(m->pool, ch->vdn, g->up_w, g->up_b, ch->vdup, v->ln2, b->up_w, Tv, Fv, E);
+        tr_linear_bwd(pool, ch->vdn, g->up_w, g->up_b, ch->vdup, v->ln2, b->up_w, Tv, Fv, E);
         tr_layernorm_bwd(dres, g->ln2_w, g->ln2_b, ch->vdn, v->xmid, v->m2, v->r2, b->ln2_w, Tv, E);
         /* xmid = x + out(attn(q, k, v)) */
         memset(ch->vdao, 0, nE);
-        tr_linear_bwd(m->pool, ch->vdao, g->out_w, g->out_b, dres, v->ao, b->out_w, Tv, E, E);
+        tr_linear_bwd(pool, ch->vdao, g->out_w, g->out_b, dres, v->ao, b->out_w, Tv, E, E);
         memset(ch->vdq, 0, nE);
         memset(ch->vdk, 0, nE);
         memset(ch->vdv, 0, nE);
-        tr_attn_bwd(m->pool, &ad, ch->vdq, ch->vdk, ch->vdv, ch->vdao, v->qr, v->kr, v->v, v->att, ch->dattn);
+        tr_attn_bwd(pool, &ad, ch->vdq, ch->vdk, ch->vdv, ch->vdao, v->qr, v->kr, v->v, v->att, ch->dattn);
         memset(ch->vdn, 0, nE);
-        tr_linear_bwd(m->pool, ch->vdn, g->qkv_w, g->q_b, ch->vdq, v->ln1, b->qkv_w, Tv, E, E);
-        tr_linear_bwd(m->pool, ch->vdn, g->qkv_w + E * E, NULL, ch->vdk, v->ln1, b->qkv_w + E * E, Tv, E, E);
-        tr_linear_bwd(m->pool, ch->vdn, g->qkv_w + 2 * E * E, g->v_b, ch->vdv, v->ln1, b->qkv_w + 2 * E * E, Tv, E,
+        tr_linear_bwd(pool, ch->vdn, g->qkv_w, g->q_b, ch->vdq, v->ln1, b->qkv_w, Tv, E, E);
+        tr_linear_bwd(pool, ch->vdn, g->qkv_w + E * E, NULL, ch->vdk, v->ln1, b->qkv_w + E * E, Tv, E, E);
+        tr_linear_bwd(pool, ch->vdn, g->qkv_w + 2 * E * E, g->v_b, ch->vdv, v->ln1, b->qkv_w + 2 * E * E, Tv, E,
                       E);
         tr_layernorm_bwd(dres, g->ln1_w, g->ln1_b, ch->vdn, x, v->m1, v->r1, b->ln1_w, Tv, E);
     }
     memset(ch->dpe, 0, (size_t)(Np * E) * sizeof(float));
     tr_cls_pos_bwd(ch->dpe, D->cls, D->pos, dres, Np, E);
-    tr_linear_bwd(m->pool, NULL, D->patch_w, D->patch_b, ch->dpe, ch->patches, W->patch_w, Np, E, PP3);
+    tr_linear_bwd(pool, NULL, D->patch_w, D->patch_b, ch->dpe, ch->patches, W->patch_w, Np, E, PP3);
 }
 
 /* Validates the example and fills the row ids, targets and target mask; returns the row count. */
-static mg_status build_rows(tr_model *m, const tr_example *ex, int *L_out, char *err, size_t err_len) {
+static mg_status build_rows(tr_model *m, tr_cache *ch, const tr_example *ex, int *L_out, char *err,
+                            size_t err_len) {
     const tr_config *c = &m->cfg;
     const int G = c->image_size / c->patch_size, n_img = G * G / 4;
     if (!ex->image || (ex->n_text > 0 && (!ex->ids || !ex->mask)) || ex->n_text < 0)
@@ -570,9 +586,8 @@ static mg_status build_rows(tr_model *m, const tr_example *ex, int *L_out, char 
         if (ex->ids[j] < 0 || ex->ids[j] >= c->n_vocab)
             return mg_err(err, err_len, MG_ERR_INVALID_ARG, "train: token id %d outside the vocabulary of %d",
                           ex->ids[j], c->n_vocab);
-    mg_status st = cache_reserve(m, L, err, err_len);
+    mg_status st = cache_reserve(m, ch, L, err, err_len);
     if (st != MG_OK) return st;
-    tr_cache *ch = m->cache;
     for (int s = 0; s < L; s++) {
         ch->targets[s] = 0;
         ch->tmask[s] = 0;
@@ -601,25 +616,24 @@ const float *tr_last_logits(const tr_model *m) {
     return m && m->cache && m->cache->L_last ? m->cache->logits : NULL;
 }
 
-/* Forward (and backward) over one example; see train.h. */
-mg_status tr_forward_backward(tr_model *m, const tr_example *ex, bool backward, float scale, float *loss,
-                              char *err, size_t err_len) {
-    if (!m || !ex || !loss) return mg_err(err, err_len, MG_ERR_INVALID_ARG, "tr_forward_backward: NULL argument");
+/* Forward (and backward) over one example with activations in ch, gradients added to grads
+ * (layout of m->params), matmuls on pool (NULL: serial). */
+static mg_status fb_one(tr_model *m, tr_cache *ch, mg_pool *pool, float *grads, const tr_example *ex,
+                        bool backward, float scale, float *loss, char *err, size_t err_len) {
     int L;
-    mg_status st = build_rows(m, ex, &L, err, err_len);
+    mg_status st = build_rows(m, ch, ex, &L, err, err_len);
     if (st != MG_OK) return st;
     const tr_config *c = &m->cfg;
-    tr_cache *ch = m->cache;
     tr_w W = {.vb = ch->vb_p, .lb = ch->lb_p}, D = {.vb = ch->vb_g, .lb = ch->lb_g};
     bind(m, &W, m->params, ~0);
-    bind(m, &D, m->grads, m->train_mask);
+    bind(m, &D, grads, m->train_mask);
     const int G = c->image_size / c->patch_size, n_img = G * G / 4;
     const int64_t d = c->n_embd, hd = d / c->n_head, qd = c->n_head * hd, kvd = c->n_head_kv * hd, F = c->n_ff,
                   V = c->n_vocab, Ls = L;
 
     /* Input rows: text embeddings around the projected image. */
     float *x0 = ch->x;
-    vision_fwd(m, &W, ex->image, x0 + (int64_t)ex->img_pos * d);
+    vision_fwd(m, ch, pool, &W, ex->image, x0 + (int64_t)ex->img_pos * d);
     for (int s = 0; s < L; s++)
         if (ch->ids[s] >= 0) tr_embed_fwd(x0 + s * d, W.tok, &ch->ids[s], 1, d);
 
@@ -632,22 +646,22 @@ mg_status tr_forward_backward(tr_model *m, const tr_example *ex, bool backward, 
         const float *x = ch->x + i * Ls * d;
         float *xo = ch->x + (i + 1) * Ls * d;
         tr_rmsnorm_fwd(l->n1, l->r1, x, b->attn_norm, Ls, d, c->rms_eps);
-        tr_linear_fwd(m->pool, l->q, l->n1, b->wq, NULL, Ls, qd, d);
-        tr_linear_fwd(m->pool, l->k, l->n1, b->wk, NULL, Ls, kvd, d);
-        tr_linear_fwd(m->pool, l->v, l->n1, b->wv, NULL, Ls, kvd, d);
-        tr_attn_fwd(m->pool, &ad, l->ao, l->qr, l->kr, l->att, l->q, l->k, l->v);
-        tr_linear_fwd(m->pool, l->xmid, l->ao, b->wo, NULL, Ls, d, qd);
+        tr_linear_fwd(pool, l->q, l->n1, b->wq, NULL, Ls, qd, d);
+        tr_linear_fwd(pool, l->k, l->n1, b->wk, NULL, Ls, kvd, d);
+        tr_linear_fwd(pool, l->v, l->n1, b->wv, NULL, Ls, kvd, d);
+        tr_attn_fwd(pool, &ad, l->ao, l->qr, l->kr, l->att, l->q, l->k, l->v);
+        tr_linear_fwd(pool, l->xmid, l->ao, b->wo, NULL, Ls, d, qd);
         mg_vec_add(l->xmid, x, Ls * d);
         tr_rmsnorm_fwd(l->n2, l->r2, l->xmid, b->ffn_norm, Ls, d, c->rms_eps);
-        tr_linear_fwd(m->pool, l->gate, l->n2, b->gate, NULL, Ls, F, d);
-        tr_linear_fwd(m->pool, l->up, l->n2, b->up, NULL, Ls, F, d);
+        tr_linear_fwd(pool, l->gate, l->n2, b->gate, NULL, Ls, F, d);
+        tr_linear_fwd(pool, l->up, l->n2, b->up, NULL, Ls, F, d);
         tr_swiglu_fwd(l->h, l->gate, l->up, Ls * F);
-        tr_linear_fwd(m->pool, xo, l->h, b->down, NULL, Ls, d, F);
+        tr_linear_fwd(pool, xo, l->h, b->down, NULL, Ls, d, F);
         mg_vec_add(xo, l->xmid, Ls * d);
     }
     const float *xl = ch->x + c->n_layer * Ls * d;
     tr_rmsnorm_fwd(ch->nf, ch->rf, xl, W.out_norm, Ls, d, c->rms_eps);
-    tr_linear_fwd(m->pool, ch->logits, ch->nf, W.out, NULL, Ls, V, d);
+    tr_linear_fwd(pool, ch->logits, ch->nf, W.out, NULL, Ls, V, d);
     if (backward) memset(ch->dlogits, 0, (size_t)(Ls * V) * sizeof(float));
     *loss = tr_cross_entropy(backward ? ch->dlogits : NULL, ch->logits, ch->targets, ch->tmask, Ls, V, scale);
     if (!backward) return MG_OK;
@@ -656,7 +670,7 @@ mg_status tr_forward_backward(tr_model *m, const tr_example *ex, bool backward, 
     const size_t nd = (size_t)(Ls * d) * sizeof(float), nF = (size_t)(Ls * F) * sizeof(float);
     float *dres = ch->dres;
     memset(ch->dn, 0, nd);
-    tr_linear_bwd(m->pool, ch->dn, D.out, NULL, ch->dlogits, ch->nf, W.out, Ls, V, d);
+    tr_linear_bwd(pool, ch->dn, D.out, NULL, ch->dlogits, ch->nf, W.out, Ls, V, d);
     memset(dres, 0, nd);
     tr_rmsnorm_bwd(dres, D.out_norm, ch->dn, xl, ch->rf, W.out_norm, Ls, d);
     for (int i = c->n_layer - 1; i >= 0; i--) {
@@ -664,33 +678,123 @@ mg_status tr_forward_backward(tr_model *m, const tr_example *ex, bool backward, 
         const llm_cache *l = &ch->lc[i];
         const float *x = ch->x + i * Ls * d;
         memset(ch->dh, 0, nF);
-        tr_linear_bwd(m->pool, ch->dh, g->down, NULL, dres, l->h, b->down, Ls, d, F);
+        tr_linear_bwd(pool, ch->dh, g->down, NULL, dres, l->h, b->down, Ls, d, F);
         memset(ch->dgate, 0, nF);
         memset(ch->dup, 0, nF);
         tr_swiglu_bwd(ch->dgate, ch->dup, ch->dh, l->gate, l->up, Ls * F);
         memset(ch->dn, 0, nd);
-        tr_linear_bwd(m->pool, ch->dn, g->gate, NULL, ch->dgate, l->n2, b->gate, Ls, F, d);
-        tr_linear_bwd(m->pool, ch->dn, g->up, NULL, ch->dup, l->n2, b->up, Ls, F, d);
+        tr_linear_bwd(pool, ch->dn, g->gate, NULL, ch->dgate, l->n2, b->gate, Ls, F, d);
+        tr_linear_bwd(pool, ch->dn, g->up, NULL, ch->dup, l->n2, b->up, Ls, F, d);
         tr_rmsnorm_bwd(dres, g->ffn_norm, ch->dn, l->xmid, l->r2, b->ffn_norm, Ls, d);
         memset(ch->dao, 0, (size_t)(Ls * qd) * sizeof(float));
-        tr_linear_bwd(m->pool, ch->dao, g->wo, NULL, dres, l->ao, b->wo, Ls, d, qd);
+        tr_linear_bwd(pool, ch->dao, g->wo, NULL, dres, l->ao, b->wo, Ls, d, qd);
         memset(ch->dq, 0, (size_t)(Ls * qd) * sizeof(float));
         memset(ch->dk, 0, (size_t)(Ls * kvd) * sizeof(float));
         memset(ch->dv, 0, (size_t)(Ls * kvd) * sizeof(float));
-        tr_attn_bwd(m->pool, &ad, ch->dq, ch->dk, ch->dv, ch->dao, l->qr, l->kr, l->v, l->att, ch->dattn);
+        tr_attn_bwd(pool, &ad, ch->dq, ch->dk, ch->dv, ch->dao, l->qr, l->kr, l->v, l->att, ch->dattn);
         memset(ch->dn, 0, nd);
-        tr_linear_bwd(m->pool, ch->dn, g->wq, NULL, ch->dq, l->n1, b->wq, Ls, qd, d);
-        tr_linear_bwd(m->pool, ch->dn, g->wk, NULL, ch->dk, l->n1, b->wk, Ls, kvd, d);
-        tr_linear_bwd(m->pool, ch->dn, g->wv, NULL, ch->dv, l->n1, b->wv, Ls, kvd, d);
+        tr_linear_bwd(pool, ch->dn, g->wq, NULL, ch->dq, l->n1, b->wq, Ls, qd, d);
+        tr_linear_bwd(pool, ch->dn, g->wk, NULL, ch->dk, l->n1, b->wk, Ls, kvd, d);
+        tr_linear_bwd(pool, ch->dn, g->wv, NULL, ch->dv, l->n1, b->wv, Ls, kvd, d);
         tr_rmsnorm_bwd(dres, g->attn_norm, ch->dn, x, l->r1, b->attn_norm, Ls, d);
     }
     /* dres = d(loss)/d(input rows): text rows into the embedding table, image rows into vision. */
     if (D.tok)
         for (int s = 0; s < L; s++)
             if (ch->ids[s] >= 0) tr_embed_bwd(D.tok, dres + s * d, &ch->ids[s], 1, d);
-    if (m->train_mask & (TR_GROUP_PROJ | TR_GROUP_VISION)) vision_bwd(m, &W, &D, dres + (int64_t)ex->img_pos * d);
+    if (m->train_mask & (TR_GROUP_PROJ | TR_GROUP_VISION)) vision_bwd(m, ch, pool, &W, &D, dres + (int64_t)ex->img_pos * d);
     (void)n_img;
     return MG_OK;
+}
+
+/* Forward (and backward) over one example; see train.h. */
+mg_status tr_forward_backward(tr_model *m, const tr_example *ex, bool backward, float scale, float *loss,
+                              char *err, size_t err_len) {
+    if (!m || !ex || !loss) return mg_err(err, err_len, MG_ERR_INVALID_ARG, "tr_forward_backward: NULL argument");
+    return fb_one(m, m->cache, m->pool, m->grads, ex, backward, scale, loss, err, err_len);
+}
+
+typedef struct {
+    tr_model *m;
+    const tr_example *exs;
+    bool backward;
+    float scale;
+    float *losses;
+    mg_status *st;       /* [n_rep] first failure of each part */
+    char (*msg)[256];    /* [n_rep] its message */
+} batch_ctx;
+
+/* Part ith runs its examples one after the other on replica ith, serially (no nested pool). */
+static void batch_task(void *vc, int64_t i0, int64_t i1, int ith) {
+    batch_ctx *c = vc;
+    tr_model *m = c->m;
+    float *g = ith == 0 ? m->grads : m->rep_grads[ith];
+    for (int64_t i = i0; i < i1 && c->st[ith] == MG_OK; i++)
+        c->st[ith] = fb_one(m, m->rep[ith], NULL, g, &c->exs[i], c->backward, c->scale, &c->losses[i], c->msg[ith],
+                            sizeof c->msg[ith]);
+}
+
+/* Examples of a batch in parallel, one replica of the activations per thread (see train.h). */
+mg_status tr_forward_backward_batch(tr_model *m, const tr_example *exs, int n, bool backward, float scale,
+                                    float *losses, char *err, size_t err_len) {
+    if (!m || (n > 0 && (!exs || !losses)) || n < 0)
+        return mg_err(err, err_len, MG_ERR_INVALID_ARG, "tr_forward_backward_batch: bad argument");
+    const int T = mg_pool_n_threads(m->pool);
+    if (T == 1 || n < 2) {
+        for (int i = 0; i < n; i++) {
+            mg_status st = fb_one(m, m->cache, m->pool, m->grads, &exs[i], backward, scale, &losses[i], err, err_len);
+            if (st != MG_OK) return st;
+        }
+        return MG_OK;
+    }
+    if (m->n_rep < T) { /* replicas 1..T-1: activations and a gradient buffer each */
+        tr_cache **rep = calloc((size_t)T, sizeof *rep);
+        float **rg = calloc((size_t)T, sizeof *rg);
+        if (!rep || !rg) {
+            free(rep);
+            free(rg);
+            return mg_err(err, err_len, MG_ERR_NOMEM, "train: no memory for %d replicas", T);
+        }
+        for (int i = 0; i < m->n_rep; i++) {
+            rep[i] = m->rep[i];
+            rg[i] = m->rep_grads[i];
+        }
+        rep[0] = m->cache;
+        free(m->rep);
+        free(m->rep_grads);
+        m->rep = rep;
+        m->rep_grads = rg;
+        for (int i = MG_MAX(m->n_rep, 1); i < T; i++) {
+            rep[i] = cache_new(&m->cfg);
+            rg[i] = mg_malloc_aligned((size_t)m->n_params * sizeof(float));
+            if (!rep[i] || !rg[i]) {
+                cache_free(rep[i]);
+                mg_free_aligned(rg[i]);
+                rep[i] = NULL;
+                rg[i] = NULL;
+                return mg_err(err, err_len, MG_ERR_NOMEM, "train: no memory for replica %d", i);
+            }
+            m->n_rep = i + 1;
+        }
+    }
+    if (backward)
+        for (int i = 1; i < T; i++) memset(m->rep_grads[i], 0, (size_t)m->n_params * sizeof(float));
+    mg_status st[MG_TRAIN_MAX_THREADS];
+    char(*msg)[256] = calloc((size_t)T, sizeof *msg);
+    if (!msg || T > MG_TRAIN_MAX_THREADS) {
+        free(msg);
+        return mg_err(err, err_len, MG_ERR_NOMEM, "train: no memory");
+    }
+    for (int i = 0; i < T; i++) st[i] = MG_OK;
+    batch_ctx c = {m, exs, backward, scale, losses, st, msg};
+    mg_pool_run(m->pool, n, 1, batch_task, &c);
+    mg_status res = MG_OK;
+    for (int i = 0; i < T && res == MG_OK; i++)
+        if (st[i] != MG_OK) res = mg_err(err, err_len, st[i], "%s", msg[i]);
+    if (res == MG_OK && backward) /* fixed order: the sum depends on the thread count only */
+        for (int i = 1; i < T; i++) mg_vec_add(m->grads, m->rep_grads[i], m->n_params);
+    free(msg);
+    return res;
 }
 
 /* ==== Optimiser ==== */

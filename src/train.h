@@ -70,7 +70,12 @@ typedef struct {
     int train_mask;       /* groups that receive gradients and updates */
     mg_pool *pool;        /* owned */
     tr_cache *cache;      /* activations of the last forward, owned */
+    int n_rep;            /* replicas for tr_forward_backward_batch (0 until its first use) */
+    tr_cache **rep;       /* [n_rep]: rep[0] = cache */
+    float **rep_grads;    /* [n_rep]: gradient buffers of parts 1.. (rep_grads[0] unused) */
 } tr_model;
+
+#define MG_TRAIN_MAX_THREADS 256
 
 /* One training example: a sequence of text tokens with the image's rows spliced in before text
  * token img_pos. Every text token j with mask[j] = 1 (and a predecessor row) is a target: the
@@ -117,6 +122,14 @@ void tr_zero_grad(tr_model *m);
  * for a mean over a batch). Fails on a bad example (ids out of range, too long, ...). */
 mg_status tr_forward_backward(tr_model *m, const tr_example *ex, bool backward, float scale, float *loss,
                               char *err, size_t err_len);
+
+/* The same over n examples, in parallel: the pool's part i runs a contiguous share of the
+ * examples serially on its own activations and gradient buffer; the buffers are then added to
+ * the gradients in part order, so the result depends on the thread count but not on timing.
+ * losses[i] gets example i's loss. On failure the message of the first failing part is kept and
+ * the gradients are partial. tr_last_rows/logits afterwards refer to an unspecified example. */
+mg_status tr_forward_backward_batch(tr_model *m, const tr_example *exs, int n, bool backward, float scale,
+                                    float *losses, char *err, size_t err_len);
 
 /* After tr_forward_backward: the example's input rows [*L, n_embd] (text embeddings and projected
  * image rows) and logits [*L, n_vocab]; owned by m, valid until its next call. NULL before any. */

@@ -6,9 +6,11 @@
  */
 #include "train_ops.h"
 
+#include "internal.h"
 #include "kernels.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ==== Linear ==== */
@@ -61,12 +63,47 @@ static void lin_bwd_dw_task(void *vc, int64_t i0, int64_t i1, int ith) {
     }
 }
 
-/* Backward of y = x W^T + b; each of dx, dW, db may be NULL. */
+/* dst[C, R] = src[R, C]^T. */
+static void transpose(float *dst, const float *src, int64_t R, int64_t C) {
+    for (int64_t r0 = 0; r0 < R; r0 += 32)
+        for (int64_t c0 = 0; c0 < C; c0 += 32) {
+            const int64_t r1 = MG_MIN(R, r0 + 32), c1 = MG_MIN(C, c0 + 32);
+            for (int64_t r = r0; r < r1; r++)
+                for (int64_t c = c0; c < c1; c++) dst[c * R + r] = src[r * C + c];
+        }
+}
+
+/* Backward of y = x W^T + b; each of dx, dW, db may be NULL. Both products go through the
+ * engine's fp32 matmul (SIMD, threaded) on transposed copies:
+ *   dx[M, K] += dy[M, N] . (W^T)[K, N]^T        dW[N, K] += (dy^T)[N, M] . (x^T)[K, M]^T
+ * The plain loops above remain as the fallback when the scratch cannot be allocated. */
 void tr_linear_bwd(mg_pool *pool, float *dx, float *dW, float *db, const float *dy, const float *x,
                    const float *W, int64_t M, int64_t N, int64_t K) {
+    static const mg_kernel_opts kopts = {false};
     lin_bwd_ctx c = {dx, dW, db, dy, x, W, M, N, K};
-    if (dx) mg_pool_run(pool, M, 1, lin_bwd_dx_task, &c);
-    if (dW || db) mg_pool_run(pool, N, 1, lin_bwd_dw_task, &c);
+    const size_t need = (size_t)MG_MAX(dx ? N * K + M * K : 0, dW ? N * M + K * M + N * K : 0);
+    float *s = need ? malloc(need * sizeof(float)) : NULL;
+    mg_kernels_init();
+    if (dx) {
+        if (s) {
+            float *wt = s, *tmp = s + N * K;
+            transpose(wt, W, N, K);
+            mg_matmul(pool, &kopts, tmp, dy, wt, MG_TYPE_F32, M, K, N, NULL);
+            mg_vec_add(dx, tmp, M * K);
+        } else {
+            mg_pool_run(pool, M, 1, lin_bwd_dx_task, &c);
+        }
+    }
+    if (dW && s) {
+        float *dyt = s, *xt = s + N * M, *tmp = xt + K * M;
+        transpose(dyt, dy, M, N);
+        transpose(xt, x, M, K);
+        mg_matmul(pool, &kopts, tmp, dyt, xt, MG_TYPE_F32, N, K, M, NULL);
+        mg_vec_add(dW, tmp, N * K);
+        c.dW = NULL; /* done; the task below only sums db */
+    }
+    if (c.dW || db) mg_pool_run(pool, N, 1, lin_bwd_dw_task, &c);
+    free(s);
 }
 
 /* ==== Normalisations ==== */
@@ -266,31 +303,62 @@ static inline float dotf(const float *a, const float *b, int n) {
     return s;
 }
 
-/* Forward for query heads [h0, h1). */
+/* Gathers head slice [T, hd] (row stride `stride`, column offset `off`) into a contiguous block;
+ * and its transpose [hd, T] when `t` is not NULL. */
+static void gather_head(float *dst, float *t, const float *src, int T, int hd, int stride, int off) {
+    for (int i = 0; i < T; i++) memcpy(dst + (size_t)i * hd, src + (size_t)i * stride + off, (size_t)hd * sizeof(float));
+    if (t) transpose(t, dst, T, hd);
+}
+
+/* Forward for query heads [h0, h1) as two products through the fp32 matmul (serial inside the
+ * task): scores = Q K^T, softmax over the (causal) row, out = A V. */
 static void attn_fwd_task(void *vc, int64_t h0, int64_t h1, int ith) {
+    static const mg_kernel_opts kopts = {false};
     const attn_ctx *c = vc;
     const tr_attn_dims *d = c->d;
     const int T = d->T, hd = d->head_dim, H = d->n_head, Hkv = d->n_head_kv, grp = H / Hkv;
     const int qs = H * hd, ks = Hkv * hd; /* row strides of q/out and k/v */
     const float scale = 1.0f / sqrtf((float)hd);
+    const size_t Th = (size_t)T * hd;
+    float *s = malloc(4 * Th * sizeof(float));
     for (int64_t h = h0; h < h1; h++) {
         const int g = (int)h / grp;
+        float *A = c->att + (size_t)h * T * T; /* [T, T] */
+        if (s) {
+            float *Q = s, *K = s + Th, *Vt = s + 2 * Th, *O = s + 3 * Th;
+            gather_head(Q, NULL, c->qr, T, hd, qs, (int)h * hd);
+            gather_head(K, NULL, c->kr, T, hd, ks, g * hd);
+            gather_head(O, Vt, c->v, T, hd, ks, g * hd);
+            mg_matmul(NULL, &kopts, A, Q, K, MG_TYPE_F32, T, T, hd, NULL);
+        } else {
+            for (int i = 0; i < T; i++)
+                for (int j = 0; j < T; j++)
+                    A[(size_t)i * T + j] = dotf(c->qr + (size_t)i * qs + h * hd, c->kr + (size_t)j * ks + g * hd, hd);
+        }
         for (int i = 0; i < T; i++) {
-            float *a = c->att + ((size_t)h * T + i) * T; /* [T] */
-            const float *q = c->qr + (size_t)i * qs + h * hd;
+            float *a = A + (size_t)i * T;
             const int n = d->causal ? i + 1 : T;
-            for (int j = 0; j < n; j++) a[j] = dotf(q, c->kr + (size_t)j * ks + g * hd, hd) * scale;
+            for (int j = 0; j < n; j++) a[j] *= scale;
             softmax_row(a, n);
             for (int j = n; j < T; j++) a[j] = 0.0f;
-            float *o = c->out + (size_t)i * qs + h * hd; /* [hd] */
-            memset(o, 0, (size_t)hd * sizeof(float));
-            for (int j = 0; j < n; j++) {
-                const float p = a[j];
-                const float *vj = c->v + (size_t)j * ks + g * hd;
-                for (int e = 0; e < hd; e++) o[e] += p * vj[e];
+        }
+        if (s) {
+            float *Vt = s + 2 * Th, *O = s + 3 * Th;
+            mg_matmul(NULL, &kopts, O, A, Vt, MG_TYPE_F32, T, hd, T, NULL);
+            for (int i = 0; i < T; i++) memcpy(c->out + (size_t)i * qs + h * hd, O + (size_t)i * hd, (size_t)hd * sizeof(float));
+        } else {
+            for (int i = 0; i < T; i++) {
+                float *o = c->out + (size_t)i * qs + h * hd; /* [hd] */
+                memset(o, 0, (size_t)hd * sizeof(float));
+                for (int j = 0; j < T; j++) {
+                    const float pj = A[(size_t)i * T + j];
+                    const float *vj = c->v + (size_t)j * ks + g * hd;
+                    for (int e = 0; e < hd; e++) o[e] += pj * vj[e];
+                }
             }
         }
     }
+    free(s);
 }
 
 /* Rotates (when RoPE is on) copies of q and k, then runs every head on the pool. */
@@ -312,8 +380,9 @@ size_t tr_attn_scratch_floats(const tr_attn_dims *d) {
     return (size_t)d->T * (size_t)(d->n_head + d->n_head_kv) * d->head_dim + (size_t)d->n_head_kv * d->T;
 }
 
-/* Backward for kv heads [g0, g1) (and all query heads that read them, so no write is shared). */
-static void attn_bwd_task(void *vc, int64_t g0, int64_t g1, int ith) {
+/* Backward for kv heads [g0, g1) (and all query heads that read them, so no write is shared):
+ * plain loops, the fallback of attn_bwd_task when its scratch cannot be allocated. */
+static void attn_bwd_loops(void *vc, int64_t g0, int64_t g1, int ith) {
     const attn_ctx *c = vc;
     const tr_attn_dims *d = c->d;
     const int T = d->T, hd = d->head_dim, H = d->n_head, Hkv = d->n_head_kv, grp = H / Hkv;
@@ -351,6 +420,57 @@ static void attn_bwd_task(void *vc, int64_t g0, int64_t g1, int ith) {
             }
         }
     }
+}
+
+/* The same backward as matrix products per head through the fp32 matmul (run serially inside
+ * this task: a nested pool run is serial):
+ *   dA = dO V^T, dS = A * (dA - rowsum(dA * A)) * scale, dV += A^T dO, dQ = dS K, dK += dS^T Q. */
+static void attn_bwd_task(void *vc, int64_t g0, int64_t g1, int ith) {
+    static const mg_kernel_opts kopts = {false};
+    const attn_ctx *c = vc;
+    const tr_attn_dims *d = c->d;
+    const int T = d->T, hd = d->head_dim, H = d->n_head, Hkv = d->n_head_kv, grp = H / Hkv;
+    const int qs = H * hd, ks = Hkv * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const size_t TT = (size_t)T * T, Th = (size_t)T * hd;
+    float *s = malloc((3 * TT + 9 * Th) * sizeof(float));
+    if (!s) {
+        attn_bwd_loops(vc, g0, g1, ith);
+        return;
+    }
+    float *dA = s, *dS = s + TT, *tr = s + 2 * TT;
+    float *K = tr + TT, *Kt = K + Th, *V = Kt + Th, *Q = V + Th, *Qt = Q + Th, *dO = Qt + Th, *dOt = dO + Th;
+    float *tmp = dOt + Th, *acc = tmp + Th;
+    for (int64_t g = g0; g < g1; g++) {
+        gather_head(K, Kt, c->kr, T, hd, ks, (int)g * hd);
+        gather_head(V, NULL, c->v, T, hd, ks, (int)g * hd);
+        for (int h = (int)g * grp; h < (int)(g + 1) * grp; h++) {
+            const float *A = c->att + (size_t)h * TT; /* [T, T], zero above the causal diagonal */
+            gather_head(Q, Qt, c->qr, T, hd, qs, h * hd);
+            gather_head(dO, dOt, c->dout, T, hd, qs, h * hd);
+            mg_matmul(NULL, &kopts, dA, dO, V, MG_TYPE_F32, T, T, hd, NULL);
+            for (int i = 0; i < T; i++) {
+                const float *a = A + (size_t)i * T, *da = dA + (size_t)i * T;
+                float *ds = dS + (size_t)i * T;
+                const int n = d->causal ? i + 1 : T;
+                double sum = 0.0;
+                for (int j = 0; j < n; j++) sum += (double)da[j] * a[j];
+                for (int j = 0; j < n; j++) ds[j] = a[j] * (da[j] - (float)sum) * scale;
+                for (int j = n; j < T; j++) ds[j] = 0.0f;
+            }
+            if (c->dv) { /* dV[j, e] += sum_i A[i, j] dO[i, e] */
+                transpose(tr, A, T, T);
+                mg_matmul(NULL, &kopts, tmp, tr, dOt, MG_TYPE_F32, T, hd, T, NULL);
+                for (int j = 0; j < T; j++) mg_vec_add(c->dv + (size_t)j * ks + g * hd, tmp + (size_t)j * hd, hd);
+            }
+            mg_matmul(NULL, &kopts, tmp, dS, Kt, MG_TYPE_F32, T, hd, T, NULL); /* dQ_h */
+            for (int i = 0; i < T; i++) mg_vec_add(c->dqr + (size_t)i * qs + h * hd, tmp + (size_t)i * hd, hd);
+            transpose(tr, dS, T, T);
+            mg_matmul(NULL, &kopts, acc, tr, Qt, MG_TYPE_F32, T, hd, T, NULL); /* dK from head h */
+            for (int j = 0; j < T; j++) mg_vec_add(c->dkr + (size_t)j * ks + g * hd, acc + (size_t)j * hd, hd);
+        }
+    }
+    free(s);
 }
 
 /* Backward: d(scores) through the softmax, then into the rotated q/k, rotated back, added to dq/dk. */

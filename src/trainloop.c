@@ -457,17 +457,22 @@ typedef struct {
     world_example *ex;     /* [WORLD_MAX_EXAMPLES] */
 } tl_data;
 
-/* Builds example number c (training stream) or held-out example c (eval) into d's buffers. */
-static mg_status data_get(tl_data *d, uint64_t c, bool eval, tr_example *out, char *err, size_t err_len) {
+/* Builds example number c (training stream) or held-out example c (eval) into d's buffers of
+ * batch slot `slot`. */
+static mg_status data_get(tl_data *d, uint64_t c, bool eval, int slot, tr_example *out, char *err,
+                         size_t err_len) {
+    float *image = d->image + (size_t)slot * 3 * (size_t)d->S * (size_t)d->S;
+    int32_t *ids = d->ids + (size_t)slot * (size_t)d->max_text;
+    uint8_t *mask = d->mask + (size_t)slot * (size_t)d->max_text;
     const tl_params *p = d->p;
     uint64_t r = mix64(p->seed * 0x100000001B3ull ^ mix64(c) ^ (eval ? 0xE7A1ull : 0));
     int n_text = 0, img_pos = 0;
     mg_status st;
     if (d->use_folder) {
         int i = eval ? (int)(c % (uint64_t)d->folder.n) : (int)(r % (uint64_t)d->folder.n);
-        st = mg_image_preprocess_file(d->folder.image[i], d->S, 0, d->image, err, err_len);
+        st = mg_image_preprocess_file(d->folder.image[i], d->S, 0, image, err, err_len);
         if (st == MG_OK)
-            st = tl_encode(d->tok, d->folder.instruction[i], d->folder.answer[i], d->ids, d->mask, d->max_text, &n_text,
+            st = tl_encode(d->tok, d->folder.instruction[i], d->folder.answer[i], ids, mask, d->max_text, &n_text,
                            &img_pos, err, err_len);
         if (st != MG_OK) return st;
     } else {
@@ -512,16 +517,16 @@ static mg_status data_get(tl_data *d, uint64_t c, bool eval, tr_example *out, ch
                     break;
                 }
             }
-            st = tl_encode(d->tok, d->ex[pick].instruction, d->ex[pick].answer, d->ids, d->mask, d->max_text, &n_text,
+            st = tl_encode(d->tok, d->ex[pick].instruction, d->ex[pick].answer, ids, mask, d->max_text, &n_text,
                            &img_pos, err, err_len);
-            if (st == MG_OK) mg_image_to_tensor(&sc.image, NULL, NULL, d->image);
+            if (st == MG_OK) mg_image_to_tensor(&sc.image, NULL, NULL, image);
             world_scene_free(&sc);
             if (st == MG_OK) break;
         }
     }
-    out->image = d->image;
-    out->ids = d->ids;
-    out->mask = d->mask;
+    out->image = image;
+    out->ids = ids;
+    out->mask = mask;
     out->n_text = n_text;
     out->img_pos = img_pos;
     return MG_OK;
@@ -628,7 +633,7 @@ static mg_status run_eval(tr_model *m, tl_data *d, tl_progress *pg, char *err, s
     for (int e = 0; e < d->p->eval_n; e++) {
         tr_example ex;
         float loss;
-        mg_status st = data_get(d, (uint64_t)e, true, &ex, err, err_len);
+        mg_status st = data_get(d, (uint64_t)e, true, 0, &ex, err, err_len);
         if (st == MG_OK) st = tr_forward_backward(m, &ex, false, 1.0f, &loss, err, err_len);
         if (st != MG_OK) return st;
         sum += loss;
@@ -662,6 +667,8 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
     gguf_file *kvf = NULL;
     char *kvbuf = NULL;
     tl_data d = {0};
+    tr_example *batch_ex = NULL;
+    float *batch_loss = NULL;
     mg_status st = MG_OK;
     d.use_folder = p.data_dir && *p.data_dir;
 
@@ -719,11 +726,14 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
         if (d.max_text < 8) st = mg_err(err, err_len, MG_ERR_INVALID_ARG, "n_ctx %d leaves no room for text", m->cfg.n_ctx);
     }
     if (st == MG_OK) {
-        d.image = malloc(sizeof(float) * 3 * (size_t)d.S * (size_t)d.S);
-        d.ids = malloc(sizeof(int32_t) * (size_t)d.max_text);
-        d.mask = malloc((size_t)d.max_text);
+        const size_t slots = (size_t)MG_MAX(p.batch, 1);
+        d.image = malloc(sizeof(float) * 3 * (size_t)d.S * (size_t)d.S * slots);
+        d.ids = malloc(sizeof(int32_t) * (size_t)d.max_text * slots);
+        d.mask = malloc((size_t)d.max_text * slots);
+        batch_ex = malloc(sizeof *batch_ex * slots);
+        batch_loss = malloc(sizeof *batch_loss * slots);
         d.ex = malloc(sizeof *d.ex * WORLD_MAX_EXAMPLES);
-        if (!d.image || !d.ids || !d.mask || !d.ex) st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
+        if (!d.image || !d.ids || !d.mask || !d.ex || !batch_ex || !batch_loss) st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
     }
     if (st == MG_OK) st = make_kv(&p, tok, &kvf, &kvbuf, err, err_len);
 
@@ -745,14 +755,14 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
         tr_zero_grad(m);
         double lsum = 0;
         for (int b = 0; b < p.batch && st == MG_OK; b++) {
-            tr_example ex;
-            float loss = 0;
-            st = data_get(&d, (uint64_t)m->step * (uint64_t)p.batch + (uint64_t)b, false, &ex, err, err_len);
-            if (st == MG_OK) st = tr_forward_backward(m, &ex, true, 1.0f / (float)p.batch, &loss, err, err_len);
-            lsum += loss;
-            rows += ex.n_text + d.n_img;
+            st = data_get(&d, (uint64_t)m->step * (uint64_t)p.batch + (uint64_t)b, false, b, &batch_ex[b], err,
+                          err_len);
+            if (st == MG_OK) rows += batch_ex[b].n_text + d.n_img;
         }
+        if (st == MG_OK)
+            st = tr_forward_backward_batch(m, batch_ex, p.batch, true, 1.0f / (float)p.batch, batch_loss, err, err_len);
         if (st != MG_OK) break;
+        for (int b = 0; b < p.batch; b++) lsum += batch_loss[b];
         float lr;
         double gn;
         tr_step(m, &p.opt, &lr, &gn);
@@ -803,6 +813,8 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
     gguf_close(kvf);
     free(kvbuf);
     free(d.image);
+    free(batch_ex);
+    free(batch_loss);
     free(d.ids);
     free(d.mask);
     free(d.ex);
