@@ -52,6 +52,7 @@ typedef struct {
     llm_w *lb;                /* [n_layer] */
     float *out_norm;          /* [d] */
     float *out;               /* [V, d] */
+    float *aux_w, *aux_b;     /* [C, E], [C] (aux_classes > 0) */
 } tr_w;
 
 /* Walks the tensors in file order. When m->tensors is NULL-counting (reg), records each one;
@@ -139,9 +140,15 @@ static void walk(walker *k, tr_w *w) {
     }
     tensor(k, &w->out_norm, "output_norm.weight", L, false, d, 1);
     tensor(k, &w->out, "output.weight", L, true, d, c->n_vocab);
+    if (c->aux_classes > 0) {
+        tensor(k, &w->aux_w, "aux.patch_cls.weight", V, true, E, c->aux_classes);
+        tensor(k, &w->aux_b, "aux.patch_cls.bias", V, false, c->aux_classes, 1);
+    }
 }
 
-static int count_tensors(const tr_config *c) { return 4 + 13 * c->v_layer + 5 + 9 * c->n_layer + 2; }
+static int count_tensors(const tr_config *c) {
+    return 4 + 13 * c->v_layer + 5 + 9 * c->n_layer + 2 + (c->aux_classes > 0 ? 2 : 0);
+}
 
 /* Views of base (parameters or gradients) for the groups in mask; w->vb / w->lb must be allocated. */
 static void bind(tr_model *m, tr_w *w, float *base, int mask) {
@@ -209,6 +216,11 @@ struct tr_cache {
     float *vdup, *vdact;    /* [Tv, Fv] */
     float *dmerged;         /* [Np/4, 4E] */
     float *dpe;             /* [Np, E] */
+    /* auxiliary patch head */
+    float *aux_logits, *aux_dlogits; /* [Np, C] */
+    float *aux_dfeat;       /* [Np, E] gradient into the ln_vision patch rows */
+    uint8_t *aux_mask;      /* [Np] */
+    int32_t *aux_tgt;       /* [Np] */
 };
 
 /* Hands out consecutive 64-byte aligned slices of an arena (counting only when base is NULL). */
@@ -271,6 +283,12 @@ static void layout_cache(const tr_config *c, tr_cache *ch, carver *cv, int L) {
     ch->vdup = carve(cv, Tv * Fv); ch->vdact = carve(cv, Tv * Fv);
     ch->dmerged = carve(cv, Np * E);
     ch->dpe = carve(cv, Np * E);
+    const size_t C = (size_t)MG_MAX(c->aux_classes, 0);
+    ch->aux_logits = carve(cv, Np * C);
+    ch->aux_dlogits = carve(cv, Np * C);
+    ch->aux_dfeat = carve(cv, C ? Np * E : 0);
+    ch->aux_mask = (uint8_t *)carve(cv, Np);
+    ch->aux_tgt = (int32_t *)carve(cv, Np);
 }
 
 /* Makes sure the cache holds sequences of L rows. */
@@ -352,6 +370,8 @@ static mg_status check_config(const tr_config *c, char *err, size_t err_len) {
     if (c->n_ctx < (G * G) / 4 + 1)
         return mg_err(err, err_len, MG_ERR_INVALID_ARG, "train: n_ctx %d cannot hold the %d image rows", c->n_ctx,
                       G * G / 4);
+    if (c->aux_classes < 0 || c->aux_classes > 4096)
+        return mg_err(err, err_len, MG_ERR_INVALID_ARG, "train: aux_classes %d not in [0, 4096]", c->aux_classes);
     return MG_OK;
 }
 
@@ -521,7 +541,8 @@ static void vision_fwd(tr_model *m, tr_cache *ch, mg_pool *pool, const tr_w *W, 
 }
 
 /* Backward of vision_fwd from dout [n_img, d] (projection, then the tower when it learns). */
-static void vision_bwd(tr_model *m, tr_cache *ch, mg_pool *pool, const tr_w *W, const tr_w *D, const float *dout) {
+static void vision_bwd(tr_model *m, tr_cache *ch, mg_pool *pool, const tr_w *W, const tr_w *D, const float *dout,
+                       const float *dfeat) {
     const tr_config *c = &m->cfg;
     const int64_t E = c->v_embd, G = c->image_size / c->patch_size, Np = G * G, Tv = 1 + Np, Fv = c->v_ff;
     const int64_t PP3 = 3 * (int64_t)c->patch_size * c->patch_size;
@@ -533,6 +554,7 @@ static void vision_bwd(tr_model *m, tr_cache *ch, mg_pool *pool, const tr_w *W, 
     float *dres = ch->vres; /* [Tv, E] gradient of the residual stream */
     memset(ch->vdn, 0, (size_t)(Tv * E) * sizeof(float));
     tr_merge4_bwd(ch->vdn, ch->dmerged, Np, E);
+    if (dfeat) mg_vec_add(ch->vdn + E, dfeat, Np * E); /* auxiliary head */
     memset(dres, 0, (size_t)(Tv * E) * sizeof(float));
     tr_layernorm_bwd(dres, D->post_w, D->post_b, ch->vdn, ch->vx + c->v_layer * Tv * E, ch->pm, ch->pr, W->post_w,
                      Tv, E);
@@ -664,6 +686,22 @@ static mg_status fb_one(tr_model *m, tr_cache *ch, mg_pool *pool, float *grads, 
     tr_linear_fwd(pool, ch->logits, ch->nf, W.out, NULL, Ls, V, d);
     if (backward) memset(ch->dlogits, 0, (size_t)(Ls * V) * sizeof(float));
     *loss = tr_cross_entropy(backward ? ch->dlogits : NULL, ch->logits, ch->targets, ch->tmask, Ls, V, scale);
+    const bool aux = ex->patch_labels && ex->aux_weight > 0 && c->aux_classes > 0;
+    if (aux) { /* auxiliary patch classification on the ln_vision rows (CLS excluded) */
+        const int64_t E = c->v_embd, Np = (int64_t)n_img * 4, C = c->aux_classes;
+        for (int64_t i = 0; i < Np; i++) {
+            const int32_t t = ex->patch_labels[i];
+            ch->aux_mask[i] = t >= 0 && t < C;
+            ch->aux_tgt[i] = ch->aux_mask[i] ? t : 0;
+        }
+        tr_linear_fwd(pool, ch->aux_logits, ch->pln + E, W.aux_w, W.aux_b, Np, C, E);
+        if (backward) memset(ch->aux_dlogits, 0, (size_t)(Np * C) * sizeof(float));
+        const float al = tr_cross_entropy(backward ? ch->aux_dlogits : NULL, ch->aux_logits, ch->aux_tgt,
+                                          ch->aux_mask, Np, C, scale * ex->aux_weight);
+        if (ex->aux_loss) *ex->aux_loss = al;
+    } else if (ex->aux_loss) {
+        *ex->aux_loss = 0.0f;
+    }
     if (!backward) return MG_OK;
 
     /* ---- backward ---- */
@@ -702,8 +740,16 @@ static mg_status fb_one(tr_model *m, tr_cache *ch, mg_pool *pool, float *grads, 
     if (D.tok)
         for (int s = 0; s < L; s++)
             if (ch->ids[s] >= 0) tr_embed_bwd(D.tok, dres + s * d, &ch->ids[s], 1, d);
-    if (m->train_mask & (TR_GROUP_PROJ | TR_GROUP_VISION)) vision_bwd(m, ch, pool, &W, &D, dres + (int64_t)ex->img_pos * d);
-    (void)n_img;
+    const float *dfeat = NULL;
+    if (aux && D.aux_w) { /* the auxiliary head's backward, into the ln_vision patch rows */
+        const int64_t E = c->v_embd, Np = (int64_t)n_img * 4;
+        memset(ch->aux_dfeat, 0, (size_t)(Np * E) * sizeof(float));
+        tr_linear_bwd(pool, ch->aux_dfeat, D.aux_w, D.aux_b, ch->aux_dlogits, ch->pln + E, W.aux_w, Np,
+                      c->aux_classes, E);
+        dfeat = ch->aux_dfeat;
+    }
+    if (m->train_mask & (TR_GROUP_PROJ | TR_GROUP_VISION))
+        vision_bwd(m, ch, pool, &W, &D, dres + (int64_t)ex->img_pos * d, dfeat);
     return MG_OK;
 }
 
@@ -974,6 +1020,12 @@ mg_status tr_load(tr_model **out, const char *path, int n_threads, char *err, si
         goto done;
     }
     c.n_vocab = (int)te->ne[1];
+    const gguf_tensor *ta = gguf_find_tensor(f, "aux.patch_cls.weight");
+    if (ta && (ta->n_dims != 2 || ta->ne[1] < 1 || ta->ne[1] > 4096)) {
+        st = mg_err(err, err_len, MG_ERR_FORMAT, "train: aux.patch_cls.weight has a bad shape");
+        goto done;
+    }
+    c.aux_classes = ta ? (int)ta->ne[1] : 0;
     tr_model *m;
     if ((st = model_alloc(&m, &c, n_threads, err, err_len))) goto done;
     for (int i = 0; i < m->n_tensors && st == MG_OK; i++) {

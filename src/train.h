@@ -36,6 +36,9 @@ typedef struct {
     int n_ctx;        /* longest sequence (text + image rows) */
     float rms_eps;
     float rope_theta;
+    /* training only: classes of the auxiliary patch head (0: none). The head (aux.patch_cls.*,
+     * vision group) classifies every ln_vision patch row; it is not part of an exported model. */
+    int aux_classes;
 } tr_config;
 
 /* Parameter groups; a train mask is an OR of them. */
@@ -86,6 +89,11 @@ typedef struct {
     const uint8_t *mask;  /* [n_text] */
     int n_text;
     int img_pos;          /* 0..n_text */
+    /* optional auxiliary patch loss (model with aux_classes > 0): aux_weight * mean over patches
+     * with a label >= 0 of -log softmax(head(ln_vision row))[label]; its value goes to *aux_loss */
+    const int32_t *patch_labels; /* [Np] or NULL */
+    float aux_weight;
+    float *aux_loss;             /* may be NULL */
 } tr_example;
 
 typedef struct {

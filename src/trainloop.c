@@ -452,6 +452,9 @@ typedef struct {
     bool use_folder;
     int S, n_img, max_text;
     float *image;          /* [3, S, S] */
+    int32_t *plabels;      /* [slots, Np] auxiliary patch labels (when the model has the head) */
+    int n_patch, patch;    /* Np and the patch size */
+    float *aux_loss;       /* [slots] */
     int32_t *ids;
     uint8_t *mask;
     world_example *ex;     /* [WORLD_MAX_EXAMPLES] */
@@ -520,15 +523,23 @@ static mg_status data_get(tl_data *d, uint64_t c, bool eval, int slot, tr_exampl
             st = tl_encode(d->tok, d->ex[pick].instruction, d->ex[pick].answer, ids, mask, d->max_text, &n_text,
                            &img_pos, err, err_len);
             if (st == MG_OK) mg_image_to_tensor(&sc.image, NULL, NULL, image);
+            if (st == MG_OK && d->plabels)
+                st = world_patch_labels(&sc, d->patch, d->plabels + (size_t)slot * (size_t)d->n_patch, err, err_len);
             world_scene_free(&sc);
             if (st == MG_OK) break;
         }
     }
+    memset(out, 0, sizeof *out);
     out->image = image;
     out->ids = ids;
     out->mask = mask;
     out->n_text = n_text;
     out->img_pos = img_pos;
+    if (d->plabels && !d->use_folder && !eval) {
+        out->patch_labels = d->plabels + (size_t)slot * (size_t)d->n_patch;
+        out->aux_weight = p->aux_weight;
+        out->aux_loss = &d->aux_loss[slot];
+    }
     return MG_OK;
 }
 
@@ -552,6 +563,7 @@ static mg_status make_kv(const tl_params *p, const mg_tokenizer *tok, gguf_file 
            (st = gguf_writer_set_arr(w, "trainloop.task_weights", GGUF_TYPE_FLOAT32, p->task_weight, TL_N_TASKS)) ||
            (st = gguf_writer_set_u32(w, "trainloop.max_objects", (uint32_t)p->max_objects)) ||
            (st = gguf_writer_set_bool(w, "trainloop.easy", p->easy)) ||
+           (st = gguf_writer_set_f32(w, "trainloop.aux_weight", p->aux_weight)) ||
            (st = gguf_writer_set_str(w, "trainloop.data", p->data_dir ? p->data_dir : "")));
     size_t size = 0;
     FILE *fp = st == MG_OK ? open_memstream(buf, &size) : NULL;
@@ -589,6 +601,7 @@ static mg_status read_kv(const gguf_file *f, tl_params *p, char *err, size_t err
     if ((st = gguf_get_u32(f, "trainloop.max_objects", &u, err, err_len))) return st;
     p->max_objects = (int)u;
     if ((st = gguf_get_bool(f, "trainloop.easy", &p->easy, err, err_len))) return st;
+    if ((st = gguf_get_f32_def(f, "trainloop.aux_weight", 0.0f, &p->aux_weight, err, err_len))) return st;
     const gguf_kv *arr = NULL;
     if ((st = gguf_get_arr(f, "trainloop.task_weights", GGUF_TYPE_FLOAT32, &arr, err, err_len))) return st;
     for (int t = 0; t < TL_N_TASKS && (uint64_t)t < arr->n; t++) p->task_weight[t] = (float)gguf_arr_f64(arr, (uint64_t)t);
@@ -608,7 +621,8 @@ mg_status tl_export(const char *ckpt, const char *out, char *err, size_t err_len
     if (!names) st = MG_ERR_NOMEM;
     for (int64_t i = 0; i < gguf_n_tensors(f) && st == MG_OK; i++) {
         const gguf_tensor *t = gguf_tensor_at(f, i);
-        if (t->name.len >= 4 && memcmp(t->name.ptr, "opt.", 4) == 0) continue;
+        if (t->name.len >= 4 && (memcmp(t->name.ptr, "opt.", 4) == 0 || memcmp(t->name.ptr, "aux.", 4) == 0))
+            continue; /* optimizer state and the auxiliary head are training-only */
         names[i] = gguf_str_dup(t->name);
         if (!names[i]) st = MG_ERR_NOMEM;
         else st = gguf_writer_add_tensor(w, names[i], t->type, t->n_dims, t->ne, t->data);
@@ -627,13 +641,22 @@ mg_status tl_export(const char *ckpt, const char *out, char *err, size_t err_len
 
 /* Teacher-forced loss, token accuracy and exact answers over eval_n held-out examples. */
 static mg_status run_eval(tr_model *m, tl_data *d, tl_progress *pg, char *err, size_t err_len) {
-    double sum = 0;
+    double sum = 0, sum_other = 0;
     long ok_tok = 0, n_tok = 0, exact = 0;
     const int V = m->cfg.n_vocab;
     for (int e = 0; e < d->p->eval_n; e++) {
         tr_example ex;
         float loss;
-        mg_status st = data_get(d, (uint64_t)e, true, 0, &ex, err, err_len);
+        /* first with another held-out image (how much the answers depend on the image), then its own */
+        mg_status st = data_get(d, (uint64_t)(e + 1), true, 1, &ex, err, err_len);
+        const float *other = ex.image;
+        if (st == MG_OK) st = data_get(d, (uint64_t)e, true, 0, &ex, err, err_len);
+        if (st == MG_OK) {
+            tr_example sw = ex;
+            sw.image = other;
+            st = tr_forward_backward(m, &sw, false, 1.0f, &loss, err, err_len);
+            sum_other += loss;
+        }
         if (st == MG_OK) st = tr_forward_backward(m, &ex, false, 1.0f, &loss, err, err_len);
         if (st != MG_OK) return st;
         sum += loss;
@@ -656,6 +679,7 @@ static mg_status run_eval(tr_model *m, tl_data *d, tl_progress *pg, char *err, s
     pg->eval_loss = d->p->eval_n ? (float)(sum / d->p->eval_n) : 0.0f;
     pg->eval_tok_acc = n_tok ? (float)ok_tok / (float)n_tok : 0.0f;
     pg->eval_exact = d->p->eval_n ? (float)exact / (float)d->p->eval_n : 0.0f;
+    pg->eval_image_gain = d->p->eval_n ? (float)((sum_other - sum) / d->p->eval_n) : 0.0f;
     return MG_OK;
 }
 
@@ -712,6 +736,7 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
         } else st = tl_build_vocab(&tok, NULL, 0, err, err_len);
         if (st == MG_OK) {
             p.cfg.n_vocab = mg_tokenizer_n_vocab(tok);
+            p.cfg.aux_classes = p.aux_weight > 0 && !d.use_folder ? WORLD_PATCH_CLASSES : 0;
             st = tr_model_create(&m, &p.cfg, p.seed, p.n_threads, err, err_len);
         }
     }
@@ -726,14 +751,25 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
         if (d.max_text < 8) st = mg_err(err, err_len, MG_ERR_INVALID_ARG, "n_ctx %d leaves no room for text", m->cfg.n_ctx);
     }
     if (st == MG_OK) {
-        const size_t slots = (size_t)MG_MAX(p.batch, 1);
+        const size_t slots = (size_t)MG_MAX(p.batch, 2); /* eval uses two */
         d.image = malloc(sizeof(float) * 3 * (size_t)d.S * (size_t)d.S * slots);
         d.ids = malloc(sizeof(int32_t) * (size_t)d.max_text * slots);
         d.mask = malloc((size_t)d.max_text * slots);
         batch_ex = malloc(sizeof *batch_ex * slots);
+        d.aux_loss = calloc(slots, sizeof *d.aux_loss);
+        d.patch = m->cfg.patch_size;
+        d.n_patch = (d.S / d.patch) * (d.S / d.patch);
+        if (m->cfg.aux_classes > 0 && !d.use_folder) {
+            d.plabels = malloc(sizeof(int32_t) * (size_t)d.n_patch * slots);
+            if (!d.plabels) st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
+        }
+        if (p.aux_weight > 0 && m->cfg.aux_classes != WORLD_PATCH_CLASSES && !d.use_folder)
+            st = mg_err(err, err_len, MG_ERR_INVALID_ARG,
+                        "--aux needs a model with the %d-class auxiliary head (a new model, or a checkpoint "
+                        "trained with --aux; exported models have no head)", WORLD_PATCH_CLASSES);
         batch_loss = malloc(sizeof *batch_loss * slots);
         d.ex = malloc(sizeof *d.ex * WORLD_MAX_EXAMPLES);
-        if (!d.image || !d.ids || !d.mask || !d.ex || !batch_ex || !batch_loss) st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
+        if (!d.image || !d.ids || !d.mask || !d.ex || !batch_ex || !batch_loss || !d.aux_loss) st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
     }
     if (st == MG_OK) st = make_kv(&p, tok, &kvf, &kvbuf, err, err_len);
 
@@ -762,7 +798,12 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
         if (st == MG_OK)
             st = tr_forward_backward_batch(m, batch_ex, p.batch, true, 1.0f / (float)p.batch, batch_loss, err, err_len);
         if (st != MG_OK) break;
-        for (int b = 0; b < p.batch; b++) lsum += batch_loss[b];
+        double asum = 0;
+        for (int b = 0; b < p.batch; b++) {
+            lsum += batch_loss[b];
+            asum += batch_ex[b].aux_loss ? *batch_ex[b].aux_loss : 0.0f;
+        }
+        pg.aux_loss = (float)(asum / p.batch);
         float lr;
         double gn;
         tr_step(m, &p.opt, &lr, &gn);
@@ -815,6 +856,8 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
     free(d.image);
     free(batch_ex);
     free(batch_loss);
+    free(d.plabels);
+    free(d.aux_loss);
     free(d.ids);
     free(d.mask);
     free(d.ex);

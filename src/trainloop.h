@@ -22,6 +22,8 @@ typedef struct {
     float task_weight[TL_N_TASKS]; /* world: relative frequency of each task (0: never) */
     int max_objects;         /* world: only scenes with at most this many objects (0: any; curriculum) */
     bool easy;               /* world: only plain backgrounds with medium/large objects (curriculum) */
+    float aux_weight;        /* world: weight of the auxiliary patch-classification loss (0: off). A new
+                                model gets the head when > 0; --init / --resume keep the file's head */
     int batch;               /* examples per optimizer step (gradient accumulation) */
     int64_t steps;           /* total optimizer steps (the schedule's length) */
     tr_opt opt;              /* lr, warm-up, cosine end, AdamW, clipping (opt.total = steps) */
@@ -52,6 +54,9 @@ typedef struct {
     float eval_loss;         /* TL_EV_EVAL: teacher-forced loss on held-out examples */
     float eval_tok_acc;      /* TL_EV_EVAL: argmax accuracy on answer tokens, 0..1 */
     float eval_exact;        /* TL_EV_EVAL: fraction of answers entirely right under teacher forcing */
+    float aux_loss;          /* TL_EV_STEP: mean auxiliary patch loss of the batch (0 when off) */
+    float eval_image_gain;   /* TL_EV_EVAL: held-out loss with another example's image minus with its own
+                                (about 0 while the model ignores the image) */
     int64_t n_params;
     int n_vocab;
     const char *path;        /* TL_EV_CKPT: where */

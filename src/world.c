@@ -357,6 +357,36 @@ void world_scene_free(world_scene *sc) {
     memset(sc, 0, sizeof *sc);
 }
 
+/* Per-patch labels for the trainer's auxiliary head; see world.h. */
+mg_status world_patch_labels(const world_scene *sc, int patch, int32_t *labels, char *err, size_t err_len) {
+    if (!sc || !labels || patch < 1 || sc->w % patch || sc->h % patch)
+        return mg_err(err, err_len, MG_ERR_INVALID_ARG, "world: patch size %d does not tile the scene", patch);
+    const int w = sc->w, h = sc->h, gw = w / patch, gh = h / patch;
+    uint8_t *own = malloc((size_t)w * h * NSAMP);
+    if (!own) return mg_err(err, err_len, MG_ERR_NOMEM, "world: out of memory");
+    world_scene tmp = *sc; /* render_owners writes the objects' counters: work on a copy */
+    render_owners(&tmp, own);
+    for (int gy = 0; gy < gh; gy++)
+        for (int gx = 0; gx < gw; gx++) {
+            int cnt[WORLD_MAX_OBJECTS] = {0};
+            for (int y = gy * patch; y < (gy + 1) * patch; y++)
+                for (int x = gx * patch; x < (gx + 1) * patch; x++) {
+                    const uint8_t *q = own + ((size_t)y * w + x) * NSAMP;
+                    for (int k = 0; k < NSAMP; k++)
+                        if (q[k] != NO_OWNER) cnt[q[k]]++;
+                }
+            int best = -1;
+            for (int i = 0; i < sc->n_objects; i++)
+                if (best < 0 || cnt[i] > cnt[best]) best = i;
+            const world_object *o = best >= 0 ? &sc->objects[best] : NULL;
+            labels[gy * gw + gx] = o && cnt[best] * 4 >= patch * patch * NSAMP
+                                       ? 1 + o->color * WORLD_N_SHAPES + o->shape
+                                       : 0;
+        }
+    free(own);
+    return MG_OK;
+}
+
 /* Half-open pixel box of an object; see world.h. */
 void world_object_box(const world_object *o, double box[4]) {
     box[0] = o->x0;

@@ -51,6 +51,12 @@ typedef struct {
     const char *answer_type;   /* vqa: "number", "yes/no" or "other" (static), else NULL */
 } world_example;
 
+/* Classes of world_patch_labels: 0 background, 1 + color * WORLD_N_SHAPES + shape. */
+#define WORLD_PATCH_CLASSES (1 + WORLD_N_COLORS * WORLD_N_SHAPES)
+/* Label of each patch x patch cell (row-major): the object covering most of the cell's samples
+ * when it covers at least a quarter of them, else background. */
+mg_status world_patch_labels(const world_scene *sc, int patch, int32_t *labels, char *err, size_t err_len);
+
 /* Name tables (static strings); NULL when out of range. */
 const char *world_shape_name(int shape);
 const char *world_shape_plural(int shape);

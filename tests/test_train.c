@@ -717,3 +717,108 @@ TEST(train_ckpt_runs_in_engine) {
     mg_model_close(em);
     tr_model_free(m);
 }
+
+/* The auxiliary patch head: loss = text CE + w * patch CE; every gradient it touches (head,
+ * ln_vision, the tower, the patch embedding) against central differences of that objective. */
+TEST(train_aux_head_fd) {
+    tr_config c = tr_config_tiny();
+    c.aux_classes = 7;
+    tr_model *m = NULL;
+    char err[256];
+    CHECK(tr_model_create(&m, &c, 31, 1, err, sizeof err) == MG_OK);
+    if (!m) return;
+    uint64_t s = 77;
+    for (int64_t i = 0; i < m->n_params; i++) m->params[i] += 0.05f * test_rng_float(&s);
+    static example_buf b;
+    make_example(&b, 5);
+    int32_t labels[16];
+    for (int i = 0; i < 16; i++) labels[i] = i == 3 ? -1 : (int32_t)(test_rng_next(&s) % 7); /* -1: ignored */
+    float aux = -1.0f;
+    b.ex.patch_labels = labels;
+    b.ex.aux_weight = 0.7f;
+    b.ex.aux_loss = &aux;
+    tr_zero_grad(m);
+    float loss = 0;
+    CHECK(tr_forward_backward(m, &b.ex, true, 1.0f, &loss, err, sizeof err) == MG_OK);
+    CHECK(aux > 0.5f && aux < 5.0f); /* about log 7 for a fresh head */
+    const char *names[] = {"aux.patch_cls.weight", "aux.patch_cls.bias", "v.post_ln.weight", "v.blk.1.ffn_up.weight",
+                           "v.blk.0.attn_qkv.weight", "v.patch_embd.weight"};
+    int checked = 0;
+    double worst = 0;
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        int ti = tr_find_tensor(m, names[k]);
+        CHECK(ti >= 0);
+        if (ti < 0) continue;
+        const tr_tensor *t = &m->tensors[ti];
+        for (int rep = 0; rep < 4; rep++) {
+            int64_t j = t->off + (int64_t)(test_rng_next(&s) % (uint64_t)t->n);
+            const float keep = m->params[j], h = 1e-2f;
+            float lp, lm, ap, am;
+            m->params[j] = keep + h;
+            b.ex.aux_loss = &ap;
+            tr_forward_backward(m, &b.ex, false, 1.0f, &lp, err, sizeof err);
+            m->params[j] = keep - h;
+            b.ex.aux_loss = &am;
+            tr_forward_backward(m, &b.ex, false, 1.0f, &lm, err, sizeof err);
+            m->params[j] = keep;
+            const double fd = ((lp + 0.7 * ap) - (lm + 0.7 * am)) / (2.0 * h), g = m->grads[j];
+            const double e = fabs(fd - g) / (2e-3 + fabs(fd));
+            if (e > worst) worst = e;
+            CHECK_MSG(e < 3e-2, "%s[%lld]: analytic %.6g, differences %.6g", names[k], (long long)(j - t->off), g, fd);
+            checked++;
+        }
+    }
+    printf("    %d gradients, worst relative error %.2e\n", checked, worst);
+    /* weight 0 leaves the gradients of a plain example */
+    tr_zero_grad(m);
+    b.ex.aux_weight = 0.0f;
+    CHECK(tr_forward_backward(m, &b.ex, true, 1.0f, &loss, err, sizeof err) == MG_OK);
+    float *g0 = malloc((size_t)m->n_params * sizeof(float));
+    if (g0) {
+        memcpy(g0, m->grads, (size_t)m->n_params * sizeof(float));
+        tr_zero_grad(m);
+        b.ex.patch_labels = NULL;
+        CHECK(tr_forward_backward(m, &b.ex, true, 1.0f, &loss, err, sizeof err) == MG_OK);
+        CHECK(memcmp(g0, m->grads, (size_t)m->n_params * sizeof(float)) == 0);
+        free(g0);
+    }
+    tr_model_free(m);
+}
+
+/* A batch in parallel gives the loss of each example and, summed, the serial gradients. */
+TEST(train_batch_parallel) {
+    tr_model *a = make_model(3, 2), *b1 = make_model(3, 1);
+    CHECK(a && b1);
+    if (!a || !b1) {
+        tr_model_free(a);
+        tr_model_free(b1);
+        return;
+    }
+    static example_buf e[5];
+    tr_example ex[5];
+    for (int i = 0; i < 5; i++) {
+        make_example(&e[i], 40 + (uint64_t)i);
+        ex[i] = e[i].ex;
+    }
+    char err[256];
+    float la[5], lb[5];
+    tr_zero_grad(a);
+    tr_zero_grad(b1);
+    CHECK(tr_forward_backward_batch(a, ex, 5, true, 0.2f, la, err, sizeof err) == MG_OK);
+    CHECK(tr_forward_backward_batch(b1, ex, 5, true, 0.2f, lb, err, sizeof err) == MG_OK);
+    double worst = 0, gmax = 0;
+    for (int i = 0; i < 5; i++) CHECK_CLOSE(la[i], lb[i], 1e-5f * fabsf(lb[i]));
+    for (int64_t i = 0; i < a->n_params; i++) {
+        worst = fmax(worst, fabs((double)a->grads[i] - b1->grads[i]));
+        gmax = fmax(gmax, fabs((double)b1->grads[i]));
+    }
+    printf("    max |grad 2 threads - 1 thread| %.2e (max |grad| %.2e)\n", worst, gmax);
+    CHECK(gmax > 0 && worst <= 1e-5 * gmax);
+    /* a bad example fails the batch with its message */
+    e[2].ids[4] = 100000;
+    ex[2] = e[2].ex;
+    CHECK(tr_forward_backward_batch(a, ex, 5, true, 0.2f, la, err, sizeof err) == MG_ERR_INVALID_ARG);
+    CHECK(strstr(err, "vocabulary") != NULL);
+    tr_model_free(a);
+    tr_model_free(b1);
+}

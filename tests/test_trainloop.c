@@ -340,3 +340,90 @@ TEST(demo_model_refer) {
     mg_vl_free(vl);
     mg_model_close(m);
 }
+
+/* Patch labels: a lone object's centre cell carries its colour and shape, far cells background. */
+TEST(world_patch_labels_lone_object) {
+    char err[256];
+    int found = 0;
+    for (uint64_t idx = 0; idx < 400 && found < 5; idx++) {
+        world_scene sc;
+        if (world_scene_generate(&sc, 3, idx, 96, false, err, sizeof err) != MG_OK) {
+            CHECK_MSG(0, "%s", err);
+            return;
+        }
+        const world_object *o = &sc.objects[0];
+        if (sc.n_objects != 1 || o->size != WORLD_LARGE) {
+            world_scene_free(&sc);
+            continue;
+        }
+        found++;
+        int32_t lab[144];
+        CHECK(world_patch_labels(&sc, 8, lab, err, sizeof err) == MG_OK);
+        const int want = 1 + o->color * WORLD_N_SHAPES + o->shape;
+        const int gx = (int)(o->cx / 8), gy = (int)(o->cy / 8);
+        CHECK_EQ_INT(lab[gy * 12 + gx], want);
+        int n_obj = 0;
+        for (int i = 0; i < 144; i++) {
+            CHECK(lab[i] == 0 || lab[i] == want);
+            n_obj += lab[i] == want;
+            /* a cell wholly outside the tight box is background */
+            const int x0 = (i % 12) * 8, y0 = (i / 12) * 8;
+            if (x0 > o->x1 || x0 + 7 < o->x0 || y0 > o->y1 || y0 + 7 < o->y0) CHECK_EQ_INT(lab[i], 0);
+        }
+        CHECK(n_obj >= 2 && n_obj < 144);
+        CHECK(world_patch_labels(&sc, 7, lab, err, sizeof err) == MG_ERR_INVALID_ARG); /* 96 % 7 != 0 */
+        world_scene_free(&sc);
+    }
+    CHECK(found == 5);
+}
+
+typedef struct {
+    float aux[256];
+    int n;
+} aux_rec;
+
+static int record_aux(void *user, const tl_progress *pg) {
+    aux_rec *r = user;
+    if (pg->event == TL_EV_STEP && r->n < 256) r->aux[r->n++] = pg->aux_loss;
+    return 0;
+}
+
+/* --aux: the head trains (its loss falls), the checkpoint keeps it, the exported model drops it,
+ * and a model without the head refuses --aux with a clear message. */
+TEST(trainloop_aux_head) {
+    char out[4096], ck[4200], out2[4200], err[512];
+    snprintf(out, sizeof out, "%s/tl_aux.gguf", test_data_dir());
+    snprintf(ck, sizeof ck, "%s/tl_aux.ckpt", test_data_dir());
+    snprintf(out2, sizeof out2, "%s/tl_aux2.gguf", test_data_dir());
+    tl_params p = tiny_params();
+    p.steps = test_quick() ? 12 : 24;
+    p.batch = 4;
+    p.n_threads = 2;
+    p.aux_weight = 1.0f;
+    p.out_path = out;
+    p.ckpt_path = ck;
+    aux_rec r = {0};
+    mg_status st = tl_train(&p, record_aux, &r, err, sizeof err);
+    CHECK_MSG(st == MG_OK, "tl_train: %s", err);
+    if (st != MG_OK || r.n < 6) return;
+    printf("    aux loss %.3f -> %.3f\n", r.aux[0], r.aux[r.n - 1]);
+    CHECK(r.aux[0] > 0.0f && r.aux[r.n - 1] < r.aux[0] * 0.8f);
+    gguf_file *f = NULL;
+    CHECK(gguf_open(&f, ck, err, sizeof err) == MG_OK);
+    if (f) {
+        CHECK(gguf_find_tensor(f, "aux.patch_cls.weight") != NULL);
+        gguf_close(f);
+    }
+    CHECK(gguf_open(&f, out, err, sizeof err) == MG_OK);
+    if (f) {
+        CHECK(gguf_find_tensor(f, "aux.patch_cls.weight") == NULL);
+        gguf_close(f);
+    }
+    /* --init from the exported model (no head) with --aux: refused */
+    tl_params q = tiny_params();
+    q.init_path = out;
+    q.aux_weight = 1.0f;
+    q.out_path = out2;
+    CHECK(tl_train(&q, NULL, NULL, err, sizeof err) == MG_ERR_INVALID_ARG);
+    CHECK(strstr(err, "--aux") != NULL);
+}

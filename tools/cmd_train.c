@@ -32,6 +32,11 @@ static void usage(FILE *f) {
             "                    (default 0,1,4,2,2,2,1)\n"
             "  --max-objects N   world: only scenes with at most N objects (curriculum; 0: any)\n"
             "  --easy            world: only plain backgrounds, medium and large objects (curriculum)\n"
+            "  --aux W           world: add W x an auxiliary loss that classifies every image patch\n"
+            "                    (colour and shape of the object on it, or background) from the\n"
+            "                    ln_vision rows; trains the vision tower directly (default 0: off).\n"
+            "                    A new model gets the head; chain stages through --ckpt files\n"
+            "                    (exported models drop it)\n"
             "  --init MODEL      start from these weights and vocabulary (fresh optimizer)\n"
             "  --resume CKPT     continue a checkpoint; its stored options are used\n"
             "model shape (new models only; default = the demo model):\n"
@@ -78,13 +83,15 @@ static int progress(void *user, const tl_progress *p) {
                     p->tok_per_s, el, eta);
             ui->drawn = 1;
         } else if (p->step % ui->log_every == 0 || p->step == p->total) {
-            fprintf(stderr, "step %lld/%lld loss %.4f lr %.3e gnorm %.3f %.0f tok/s elapsed %s ETA %s\n",
-                    (long long)p->step, (long long)p->total, p->loss, p->lr, p->gnorm, p->tok_per_s, el, eta);
+            fprintf(stderr, "step %lld/%lld loss %.4f aux %.4f lr %.3e gnorm %.3f %.0f tok/s elapsed %s ETA %s\n",
+                    (long long)p->step, (long long)p->total, p->loss, p->aux_loss, p->lr, p->gnorm, p->tok_per_s, el,
+                    eta);
         }
         break;
     case TL_EV_EVAL:
-        fprintf(stderr, "%seval step %lld: loss %.4f token acc %.1f%% exact %.1f%%\n", ui->drawn ? "\n" : "",
-                (long long)p->step, p->eval_loss, 100.0 * p->eval_tok_acc, 100.0 * p->eval_exact);
+        fprintf(stderr, "%seval step %lld: loss %.4f token acc %.1f%% exact %.1f%% image gain %.3f\n",
+                ui->drawn ? "\n" : "", (long long)p->step, p->eval_loss, 100.0 * p->eval_tok_acc,
+                100.0 * p->eval_exact, p->eval_image_gain);
         ui->drawn = 0;
         break;
     case TL_EV_CKPT:
@@ -164,6 +171,7 @@ int cmd_train(int argc, char **argv) {
         FLTOPT("--lr-min", p.opt.lr_min)
         FLTOPT("--wd", p.opt.weight_decay)
         FLTOPT("--clip", p.opt.clip)
+        FLTOPT("--aux", p.aux_weight)
 #undef INTOPT
 #undef FLTOPT
         if (!strcmp(a, "-o") && has) out = argv[++i];
