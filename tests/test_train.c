@@ -769,10 +769,12 @@ TEST(train_aux_head_fd) {
         }
     }
     printf("    %d gradients, worst relative error %.2e\n", checked, worst);
-    /* weight 0 leaves the gradients of a plain example */
+    /* weight 0 leaves the gradients of a plain example (and reports an aux loss of 0) */
+    b.ex.aux_loss = &aux;
     tr_zero_grad(m);
     b.ex.aux_weight = 0.0f;
     CHECK(tr_forward_backward(m, &b.ex, true, 1.0f, &loss, err, sizeof err) == MG_OK);
+    CHECK(aux == 0.0f);
     float *g0 = malloc((size_t)m->n_params * sizeof(float));
     if (g0) {
         memcpy(g0, m->grads, (size_t)m->n_params * sizeof(float));

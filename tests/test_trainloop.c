@@ -396,7 +396,7 @@ TEST(trainloop_aux_head) {
     snprintf(ck, sizeof ck, "%s/tl_aux.ckpt", test_data_dir());
     snprintf(out2, sizeof out2, "%s/tl_aux2.gguf", test_data_dir());
     tl_params p = tiny_params();
-    p.steps = test_quick() ? 12 : 24;
+    p.steps = 40;
     p.batch = 4;
     p.n_threads = 2;
     p.aux_weight = 1.0f;
@@ -406,8 +406,9 @@ TEST(trainloop_aux_head) {
     mg_status st = tl_train(&p, record_aux, &r, err, sizeof err);
     CHECK_MSG(st == MG_OK, "tl_train: %s", err);
     if (st != MG_OK || r.n < 6) return;
-    printf("    aux loss %.3f -> %.3f\n", r.aux[0], r.aux[r.n - 1]);
-    CHECK(r.aux[0] > 0.0f && r.aux[r.n - 1] < r.aux[0] * 0.8f);
+    const float first = (r.aux[0] + r.aux[1] + r.aux[2]) / 3, last = (r.aux[r.n - 1] + r.aux[r.n - 2] + r.aux[r.n - 3]) / 3;
+    printf("    aux loss %.3f -> %.3f (means of 3 steps)\n", first, last);
+    CHECK(first > 0.0f && last < first * 0.85f);
     gguf_file *f = NULL;
     CHECK(gguf_open(&f, ck, err, sizeof err) == MG_OK);
     if (f) {
