@@ -644,16 +644,17 @@ static mg_status run_eval(tr_model *m, tl_data *d, tl_progress *pg, char *err, s
     double sum = 0, sum_other = 0;
     long ok_tok = 0, n_tok = 0, exact = 0;
     const int V = m->cfg.n_vocab;
+    /* example e lives in slot e % 2; example e + 1 (built once, in the other slot) lends its image */
+    tr_example ex, next;
+    mg_status st = d->p->eval_n > 0 ? data_get(d, 0, true, 0, &next, err, err_len) : MG_OK;
+    if (st != MG_OK) return st;
     for (int e = 0; e < d->p->eval_n; e++) {
-        tr_example ex;
         float loss;
-        /* first with another held-out image (how much the answers depend on the image), then its own */
-        mg_status st = data_get(d, (uint64_t)(e + 1), true, 1, &ex, err, err_len);
-        const float *other = ex.image;
-        if (st == MG_OK) st = data_get(d, (uint64_t)e, true, 0, &ex, err, err_len);
-        if (st == MG_OK) {
+        ex = next;
+        st = data_get(d, (uint64_t)(e + 1), true, (e + 1) & 1, &next, err, err_len);
+        if (st == MG_OK) { /* first with another held-out image (how much answers depend on it), then its own */
             tr_example sw = ex;
-            sw.image = other;
+            sw.image = next.image;
             st = tr_forward_backward(m, &sw, false, 1.0f, &loss, err, err_len);
             sum_other += loss;
         }
