@@ -1,10 +1,14 @@
 /*
  * threadpool.c - a persistent pthread pool. mg_pool_run publishes a job (function, context,
- * item count, number of parts) under a generation counter; the caller runs part 0 itself and
- * workers 1.. run the others. Idle workers spin briefly on the generation counter (so the
- * back-to-back matmuls of a decode step do not pay a futex wake-up each) and then sleep on a
- * condition variable, so an idle pool burns no CPU. Parts are contiguous static ranges, so a
- * given thread count always gives the same split. A run from inside a task is serial.
+ * item count, number of parts) under a generation counter; the caller and the workers then
+ * claim parts one at a time from a shared claim word, so the caller also runs the parts of a
+ * worker that has not started yet (one that lost its core to another process) instead of
+ * waiting for it, and returns as soon as every part is done. Part p always covers the same
+ * contiguous static range and is passed ith = p, so a given thread count always gives the same
+ * split and each ith runs on one thread at a time. Idle workers spin briefly on the generation
+ * counter (so the back-to-back matmuls of a decode step do not pay a futex wake-up each) and
+ * then sleep on a condition variable, so an idle pool burns no CPU. A run from inside a task
+ * is serial.
  */
 #include "threadpool.h"
 
@@ -33,10 +37,16 @@ struct mg_pool {
     pthread_cond_t cv_done;  /* the caller waits for the last part */
     pthread_mutex_t run_mu;  /* one run at a time from concurrent callers */
 
-    atomic_uint_fast64_t generation;
-    atomic_int pending; /* workers that have not yet finished the current generation */
+    atomic_uint_fast64_t generation; /* bumped once per run, by the caller only */
+    /* (generation & 0xffffffff) << 32 | n_parts << 16 | next unclaimed part: a part is claimed
+     * by a CAS that also checks the generation, so a worker that wakes up late can never take
+     * a part of a later run than the one it saw, and reads the job fields only after a claim
+     * (the caller publishes the next job only when every part of this one is done). */
+    _Atomic uint64_t claim;
+    atomic_int done;       /* parts finished in the current run */
+    atomic_int n_sleeping; /* workers blocked (or about to block) on cv_work */
     atomic_bool stop;
-    int sleepers_done;  /* caller is sleeping on cv_done */
+    int sleepers_done;     /* caller is sleeping on cv_done (under mu) */
 
     /* current job, written before generation is bumped */
     mg_task_fn fn;
@@ -63,6 +73,26 @@ static void run_part(mg_pool *p, int ith) {
     if (i1 > i0) p->fn(p->ctx, i0, i1, ith);
 }
 
+/* Claims and runs parts of run `gen` until none is left (or a later run has been published). */
+static void claim_parts(mg_pool *p, uint32_t gen) {
+    uint64_t c = atomic_load_explicit(&p->claim, memory_order_acquire);
+    for (;;) {
+        const int np = (int)(c >> 16 & 0xffff), next = (int)(c & 0xffff);
+        if ((uint32_t)(c >> 32) != gen || next >= np) return;
+        if (!atomic_compare_exchange_weak_explicit(&p->claim, &c, c + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        run_part(p, next);
+        if (atomic_fetch_add_explicit(&p->done, 1, memory_order_acq_rel) + 1 == np) {
+            pthread_mutex_lock(&p->mu);
+            if (p->sleepers_done) pthread_cond_signal(&p->cv_done);
+            pthread_mutex_unlock(&p->mu);
+            return; /* the run is over: the job fields may change from now on */
+        }
+        c = atomic_load_explicit(&p->claim, memory_order_acquire);
+    }
+}
+
 static void *worker_main(void *argp) {
     worker_arg wa = *(worker_arg *)argp;
     free(argp);
@@ -76,21 +106,19 @@ static void *worker_main(void *argp) {
             g = atomic_load_explicit(&p->generation, memory_order_acquire);
         }
         if (g == seen) {
+            /* n_sleeping is raised before the generation is checked again (both seq_cst) and
+             * the caller bumps the generation before it reads n_sleeping: either this worker
+             * sees the new generation or the caller sees a sleeper and broadcasts. */
             pthread_mutex_lock(&p->mu);
+            atomic_fetch_add(&p->n_sleeping, 1);
             while ((g = atomic_load(&p->generation)) == seen && !atomic_load(&p->stop))
                 pthread_cond_wait(&p->cv_work, &p->mu);
+            atomic_fetch_sub(&p->n_sleeping, 1);
             pthread_mutex_unlock(&p->mu);
         }
         if (atomic_load(&p->stop)) break;
         seen = g;
-        /* Every worker acknowledges every generation (even with no part), so none can lag
-         * behind into the next job's fields. */
-        if (wa.ith < p->n_parts) run_part(p, wa.ith);
-        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
-            pthread_mutex_lock(&p->mu);
-            if (p->sleepers_done) pthread_cond_signal(&p->cv_done);
-            pthread_mutex_unlock(&p->mu);
-        }
+        claim_parts(p, (uint32_t)g);
     }
     return NULL;
 }
@@ -109,7 +137,9 @@ mg_status mg_pool_create(mg_pool **out, int n_threads) {
     pthread_cond_init(&p->cv_work, NULL);
     pthread_cond_init(&p->cv_done, NULL);
     atomic_init(&p->generation, 0);
-    atomic_init(&p->pending, 0);
+    atomic_init(&p->claim, 0);
+    atomic_init(&p->done, 0);
+    atomic_init(&p->n_sleeping, 0);
     atomic_init(&p->stop, false);
     if (n_threads > 1) {
         p->threads = calloc((size_t)n_threads, sizeof *p->threads);
@@ -176,23 +206,27 @@ void mg_pool_run(mg_pool *pool, int64_t n, int64_t min_chunk, mg_task_fn fn, voi
     pool->ctx = ctx;
     pool->n = n;
     pool->n_parts = (int)parts;
-    atomic_store(&pool->pending, pool->n_threads - 1);
-    pthread_mutex_lock(&pool->mu);
-    atomic_fetch_add_explicit(&pool->generation, 1, memory_order_release);
-    pthread_cond_broadcast(&pool->cv_work);
-    pthread_mutex_unlock(&pool->mu);
+    const int np = (int)parts;
+    atomic_store_explicit(&pool->done, 0, memory_order_relaxed);
+    const uint64_t g = atomic_load_explicit(&pool->generation, memory_order_relaxed) + 1;
+    atomic_store_explicit(&pool->claim, (g & 0xffffffffu) << 32 | (uint64_t)np << 16, memory_order_release);
+    atomic_store(&pool->generation, g);
+    if (atomic_load(&pool->n_sleeping) > 0) {
+        pthread_mutex_lock(&pool->mu);
+        pthread_cond_broadcast(&pool->cv_work);
+        pthread_mutex_unlock(&pool->mu);
+    }
 
     tl_in_task = 1;
-    run_part(pool, 0);
+    claim_parts(pool, (uint32_t)g);
     tl_in_task = 0;
 
-    for (int s = 0; s < SPIN_ITERS && atomic_load_explicit(&pool->pending, memory_order_acquire);
-         s++)
+    for (int s = 0; s < SPIN_ITERS && atomic_load_explicit(&pool->done, memory_order_acquire) < np; s++)
         CPU_RELAX();
-    if (atomic_load_explicit(&pool->pending, memory_order_acquire)) {
+    if (atomic_load_explicit(&pool->done, memory_order_acquire) < np) {
         pthread_mutex_lock(&pool->mu);
         pool->sleepers_done = 1;
-        while (atomic_load(&pool->pending)) pthread_cond_wait(&pool->cv_done, &pool->mu);
+        while (atomic_load(&pool->done) < np) pthread_cond_wait(&pool->cv_done, &pool->mu);
         pool->sleepers_done = 0;
         pthread_mutex_unlock(&pool->mu);
     }

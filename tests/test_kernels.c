@@ -69,6 +69,43 @@ TEST(kernels_pool_covers_range_once) {
     CHECK_EQ_INT(atomic_load(&c.hits[4]), 1);
 }
 
+typedef struct {
+    atomic_int hits[16];
+    atomic_int ith_seen[16];
+    atomic_int bad_ith;
+    int parts;
+} claim_ctx;
+
+static void claim_task(void *ctx, int64_t i0, int64_t i1, int ith) {
+    claim_ctx *c = ctx;
+    if (ith < 0 || ith >= c->parts || atomic_fetch_add(&c->ith_seen[ith], 1) != 0) atomic_fetch_add(&c->bad_ith, 1);
+    for (int64_t i = i0; i < i1; i++) atomic_fetch_add(&c->hits[i], 1);
+}
+
+/* Many short runs back to back (the decode pattern): parts are claimed by the caller and the
+ * workers, so each part must run exactly once with its own ith, whoever takes it, and no
+ * worker that wakes up late may take a part of a later run. */
+TEST(kernels_pool_parts_claimed_once) {
+    for (int nt = 2; nt <= 4; nt++) {
+        mg_pool *p = NULL;
+        CHECK(mg_pool_create(&p, nt) == MG_OK);
+        if (!p) return;
+        int bad = 0;
+        const int runs = test_quick() ? 2000 : 20000;
+        for (int r = 0; r < runs; r++) {
+            claim_ctx c;
+            memset(&c, 0, sizeof c);
+            const int64_t n = 1 + r % 16;
+            c.parts = (int)MG_MIN(n, (int64_t)nt);
+            mg_pool_run(p, n, 1, claim_task, &c);
+            for (int64_t i = 0; i < n; i++) bad += atomic_load(&c.hits[i]) != 1;
+            bad += atomic_load(&c.bad_ith);
+        }
+        CHECK_EQ_INT(bad, 0);
+        mg_pool_free(p);
+    }
+}
+
 /* ==== matmul ==== */
 
 static const int mm_types[] = {MG_TYPE_F32, MG_TYPE_F16, MG_TYPE_BF16, MG_TYPE_Q8_0, MG_TYPE_Q4_0};
@@ -267,6 +304,87 @@ TEST(kernels_matmul_thread_invariant) {
             CHECK_EQ_INT(mm_compare(y[0], &c, M, N, K, &max_rel), 0);
         }
         for (int i = 0; i < 4; i++) free(y[i]);
+        free(work);
+        mm_case_free(&c);
+    }
+}
+
+/* The one-row (decode) path of the quantized kernels, which streams several weight rows at a
+ * time with its own loop: for every SIMD table, on block counts with and without a short last
+ * group of 4 blocks (K/32 = 1, 3, 4, 5, 7, 129), row counts around the rows-in-flight tile,
+ * ranges cut off the tile grid, a one-row call must give the bits of the same row inside a
+ * 3-row call (the general tile), and stay within the matmul tolerance; through mg_matmul the
+ * one-row result must also be the same for 1, 2 and 3 threads (chunked scheduling). */
+TEST(kernels_matmul_gemv_rows) {
+    static const int64_t Ks[] = {32, 96, 128, 160, 224, 4128};
+    static const int64_t Ns[] = {1, 5, 8, 9, 17, 23, 61};
+    static const int qtypes[] = {MG_TYPE_Q8_0, MG_TYPE_Q4_0};
+    for (size_t kt = 0; kt < sizeof Ks / sizeof Ks[0]; kt++) {
+        for (size_t nt = 0; nt < sizeof Ns / sizeof Ns[0]; nt++) {
+            for (size_t t = 0; t < 2; t++) {
+                const int type = qtypes[t];
+                const int64_t M = 3, N = Ns[nt], K = Ks[kt];
+                mm_case c;
+                if (!mm_case_make(&c, type, M, N, K, 7000 + kt * 100 + nt * 10 + t)) {
+                    CHECK_MSG(0, "out of memory");
+                    mm_case_free(&c);
+                    return;
+                }
+                const size_t xs = mg_row_size(MG_TYPE_Q8_0, K);
+                float *y3 = malloc((size_t)(M * N) * sizeof(float)), *y1 = malloc((size_t)N * sizeof(float));
+                void *work = malloc(xs * (size_t)M);
+                for (int which = 1; which < 3 && y3 && y1 && work; which++) {
+                    bool have;
+                    mg_kernel_table tb = table_for(which, &have);
+                    if (!have) continue;
+                    for (int64_t m = 0; m < M; m++) tb.quantize_q8_0(c.x + m * K, (char *)work + (size_t)m * xs, K);
+                    mg_mm_fn fn = type == MG_TYPE_Q8_0 ? tb.mm_q8_0 : tb.mm_q4_0;
+                    mg_mm_args a3 = {y3, c.x, work, xs, c.w, type, M, N, K};
+                    fn(&a3, 0, N);
+                    /* row 1 alone, in three ranges whose edges are off any tile grid */
+                    mg_mm_args a1 = {y1, c.x + K, (char *)work + xs, xs, c.w, type, 1, N, K};
+                    const int64_t cut1 = N / 3, cut2 = N - N / 4;
+                    fn(&a1, 0, cut1);
+                    fn(&a1, cut1, cut2);
+                    fn(&a1, cut2, N);
+                    CHECK_MSG(memcmp(y1, y3 + N, (size_t)N * sizeof(float)) == 0,
+                              "%s %s K=%lld N=%lld: one-row call differs from row 1 of 3",
+                              which == 1 ? "avx2" : "avx512", mg_type_name(type), (long long)K, (long long)N);
+                    mm_case row1 = {c.w, c.x + K, c.ref + N, c.mag + N};
+                    double max_rel = 0;
+                    CHECK_EQ_INT(mm_compare(y1, &row1, 1, N, K, &max_rel), 0);
+                }
+                free(y3);
+                free(y1);
+                free(work);
+                mm_case_free(&c);
+            }
+        }
+    }
+    /* through mg_matmul with the selected path: wide enough for several chunks per thread */
+    for (size_t t = 0; t < 2; t++) {
+        const int type = qtypes[t];
+        const int64_t N = 1003, K = 4096;
+        mm_case c;
+        if (!mm_case_make(&c, type, 1, N, K, 99 + t)) {
+            CHECK_MSG(0, "out of memory");
+            mm_case_free(&c);
+            return;
+        }
+        float *y[3];
+        for (int i = 0; i < 3; i++) y[i] = calloc((size_t)N, sizeof(float));
+        void *work = malloc(mg_matmul_work_size(type, 1, K));
+        for (int nt = 1; nt <= 3 && work; nt++) {
+            mg_pool *p = NULL;
+            CHECK(mg_pool_create(&p, nt) == MG_OK);
+            for (int rep = 0; rep < 3; rep++) mg_matmul(p, NULL, y[nt - 1], c.x, c.w, type, 1, N, K, work);
+            mg_pool_free(p);
+        }
+        CHECK_MSG(y[1] && memcmp(y[0], y[1], (size_t)N * 4) == 0, "%s M=1: 1 vs 2 threads", mg_type_name(type));
+        CHECK_MSG(y[2] && memcmp(y[0], y[2], (size_t)N * 4) == 0, "%s M=1: 1 vs 3 threads", mg_type_name(type));
+        double max_rel = 0;
+        CHECK_EQ_INT(mm_compare(y[0], &c, 1, N, K, &max_rel), 0);
+        for (int i = 0; i < 3; i++) free(y[i]);
         free(work);
         mm_case_free(&c);
     }
