@@ -1,6 +1,8 @@
 /*
- * threadpool.h - a persistent pthread pool. The caller acts as worker 0; work is split into
- * contiguous static ranges, so results are reproducible for a given thread count.
+ * threadpool.h - a persistent pthread pool. Work is split into contiguous static ranges
+ * (parts), so results are reproducible for a given thread count; the caller and the workers
+ * claim parts from a shared counter, so the caller also runs the parts of a worker that has not
+ * woken up yet. Part p is always passed ith = p, and one part runs on one thread at a time.
  * A nested mg_pool_run (from inside a task) runs serially on the calling thread.
  */
 #ifndef MG_THREADPOOL_H
@@ -10,7 +12,7 @@
 
 typedef struct mg_pool mg_pool;
 
-/* fn processes items [i0, i1); ith is the worker index in [0, n_threads). */
+/* fn processes items [i0, i1); ith is the part index in [0, n_threads) (per-part scratch). */
 typedef void (*mg_task_fn)(void *ctx, int64_t i0, int64_t i1, int ith);
 
 mg_status mg_pool_create(mg_pool **out, int n_threads);
