@@ -458,6 +458,7 @@ typedef struct {
     int32_t *ids;
     uint8_t *mask;
     world_example *ex;     /* [WORLD_MAX_EXAMPLES] */
+    world_opts scene;      /* the world's restrictions (p->scene parsed) */
 } tl_data;
 
 /* Builds example number c (training stream) or held-out example c (eval) into d's buffers of
@@ -487,7 +488,7 @@ static mg_status data_get(tl_data *d, uint64_t c, bool eval, int slot, tr_exampl
             if (attempt >= 4096)
                 return mg_err(err, err_len, MG_ERR_INTERNAL, "no usable scene for example %llu (filters too strict?)",
                               (unsigned long long)c);
-            st = world_scene_generate(&sc, p->seed, index, d->S, eval, err, err_len);
+            st = world_scene_generate_opts(&sc, p->seed, index, d->S, eval, &d->scene, err, err_len);
             if (st != MG_OK) return st;
             bool hard = p->easy && sc.background != WORLD_BG_PLAIN;
             for (int o = 0; p->easy && o < sc.n_objects; o++) hard |= sc.objects[o].size == WORLD_SMALL;
@@ -563,6 +564,7 @@ static mg_status make_kv(const tl_params *p, const mg_tokenizer *tok, gguf_file 
            (st = gguf_writer_set_arr(w, "trainloop.task_weights", GGUF_TYPE_FLOAT32, p->task_weight, TL_N_TASKS)) ||
            (st = gguf_writer_set_u32(w, "trainloop.max_objects", (uint32_t)p->max_objects)) ||
            (st = gguf_writer_set_bool(w, "trainloop.easy", p->easy)) ||
+           (st = gguf_writer_set_str(w, "trainloop.scene", p->scene)) ||
            (st = gguf_writer_set_f32(w, "trainloop.aux_weight", p->aux_weight)) ||
            (st = gguf_writer_set_str(w, "trainloop.data", p->data_dir ? p->data_dir : "")));
     size_t size = 0;
@@ -601,6 +603,13 @@ static mg_status read_kv(const gguf_file *f, tl_params *p, char *err, size_t err
     if ((st = gguf_get_u32(f, "trainloop.max_objects", &u, err, err_len))) return st;
     p->max_objects = (int)u;
     if ((st = gguf_get_bool(f, "trainloop.easy", &p->easy, err, err_len))) return st;
+    gguf_str sc;
+    p->scene[0] = 0;
+    if (gguf_get_str(f, "trainloop.scene", &sc, NULL, 0) == MG_OK) {
+        if (sc.len >= sizeof p->scene) return mg_err(err, err_len, MG_ERR_FORMAT, "resume: stored scene spec too long");
+        memcpy(p->scene, sc.ptr, sc.len);
+        p->scene[sc.len] = 0;
+    }
     if ((st = gguf_get_f32_def(f, "trainloop.aux_weight", 0.0f, &p->aux_weight, err, err_len))) return st;
     const gguf_kv *arr = NULL;
     if ((st = gguf_get_arr(f, "trainloop.task_weights", GGUF_TYPE_FLOAT32, &arr, err, err_len))) return st;
@@ -724,6 +733,7 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
                         mg_tokenizer_n_vocab(tok), m->cfg.n_vocab);
     }
     if (st == MG_OK && d.use_folder) st = tl_folder_load(&d.folder, p.data_dir, err, err_len);
+    if (st == MG_OK && !d.use_folder) st = world_opts_parse(p.scene, &d.scene, err, err_len);
     if (st == MG_OK && !m) {
         if (d.use_folder) {
             char **texts = malloc(sizeof *texts * (size_t)d.folder.n * 2 + 1);

@@ -22,6 +22,7 @@ typedef struct {
     float task_weight[TL_N_TASKS]; /* world: relative frequency of each task (0: never) */
     int max_objects;         /* world: only scenes with at most this many objects (0: any; curriculum) */
     bool easy;               /* world: only plain backgrounds with medium/large objects (curriculum) */
+    char scene[256];         /* world: which scenes the generator draws (world_opts_parse; "" = all) */
     float aux_weight;        /* world: weight of the auxiliary patch-classification loss (0: off). A new
                                 model gets the head when > 0; --init / --resume keep the file's head */
     int batch;               /* examples per optimizer step (gradient accumulation) */

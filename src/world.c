@@ -41,6 +41,7 @@ static const char *const BACKGROUNDS[WORLD_N_BACKGROUNDS] = {"plain", "gradient"
 /* Muted background tones; objects are only drawn in colours that stand out from them. */
 static const uint8_t BG_RGB[][3] = {{190, 190, 190}, {95, 95, 95},   {225, 215, 185}, {60, 70, 95},
                                     {150, 175, 150}, {45, 45, 45},   {170, 150, 125}, {120, 140, 170}};
+_Static_assert(MG_ARRAY_LEN(BG_RGB) == WORLD_N_TONES, "one tone bit per background tone");
 /* Radius range of each size class, as a fraction of the image side. */
 static const double SIZE_R[WORLD_N_SIZES][2] = {{0.045, 0.06}, {0.08, 0.10}, {0.13, 0.155}};
 
@@ -261,20 +262,32 @@ static void render_background(const world_scene *sc, rng_t *r, uint8_t *bg) {
 }
 
 /* Places the objects (sizes, shapes, colours, positions); false when this try should be redone. */
-static bool layout(world_scene *sc, rng_t *r, int n) {
+/* The members of mask (all of 0..n-1 when mask has none of them) into out; returns the count. */
+static int mask_list(unsigned mask, int n, int *out) {
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (!(mask & ((1u << n) - 1)) || mask & 1u << i) out[k++] = i;
+    return k;
+}
+
+static bool layout(world_scene *sc, rng_t *r, int n, const world_opts *op) {
     int s = MG_MIN(sc->w, sc->h);
-    int ok_colors[WORLD_N_COLORS], n_ok = 0;
+    int ok_colors[WORLD_N_COLORS], n_ok = 0, shapes[WORLD_N_SHAPES], sizes[WORLD_N_SIZES];
+    const unsigned cmask = op && op->colors & ((1u << WORLD_N_COLORS) - 1) ? op->colors : ~0u;
     for (int c = 0; c < WORLD_N_COLORS; c++)
-        if (contrast(sc, c) >= 70) ok_colors[n_ok++] = c;
-    if (n_ok < 2) return false;
+        if (cmask & 1u << c && contrast(sc, c) >= 70) ok_colors[n_ok++] = c;
+    /* two colours at least, so that colour words mean something (unless the curriculum allows one) */
+    if (n_ok < (cmask == ~0u ? 2 : 1)) return false;
+    const int n_shapes = mask_list(op ? op->shapes : 0, WORLD_N_SHAPES, shapes);
+    const int n_sizes = mask_list(op ? op->sizes : 0, WORLD_N_SIZES, sizes);
     bool allow_overlap = rng_int(r, 3) == 0;
     sc->n_objects = 0;
     for (int i = 0; i < n; i++) {
         world_object *o = &sc->objects[i];
         memset(o, 0, sizeof *o);
-        o->shape = rng_int(r, WORLD_N_SHAPES);
+        o->shape = shapes[rng_int(r, n_shapes)];
         o->color = ok_colors[rng_int(r, n_ok)];
-        o->size = rng_int(r, WORLD_N_SIZES);
+        o->size = sizes[rng_int(r, n_sizes)];
         o->r = s * rng_range(r, SIZE_R[o->size][0], SIZE_R[o->size][1]);
         o->angle = o->shape == WORLD_CIRCLE ? 0
                  : o->shape == WORLD_HEXAGON ? rng_range(r, 0, PI_D / 3)
@@ -302,6 +315,11 @@ static bool layout(world_scene *sc, rng_t *r, int n) {
 /* Generates and renders one scene; see world.h. */
 mg_status world_scene_generate(world_scene *sc, uint64_t seed, uint64_t index, int size, bool held_out,
                                char *err, size_t err_len) {
+    return world_scene_generate_opts(sc, seed, index, size, held_out, NULL, err, err_len);
+}
+
+mg_status world_scene_generate_opts(world_scene *sc, uint64_t seed, uint64_t index, int size, bool held_out,
+                                    const world_opts *op, char *err, size_t err_len) {
     if (!sc) return mg_err(err, err_len, MG_ERR_INVALID_ARG, "world: no scene");
     memset(sc, 0, sizeof *sc);
     if (size < 64 || size > 4096)
@@ -317,15 +335,26 @@ mg_status world_scene_generate(world_scene *sc, uint64_t seed, uint64_t index, i
         return mg_err(err, err_len, MG_ERR_NOMEM, "world: out of memory for a %dx%d scene", size, size);
     }
     rng_t r = {sc->seed};
-    int n = 1 + rng_int(&r, WORLD_MAX_OBJECTS);
+    /* the draws below are the full world's when op restricts nothing (same scenes, same pixels) */
+    const int lo = op && op->min_objects > 0 ? MG_MIN(op->min_objects, WORLD_MAX_OBJECTS) : 1;
+    const int hi = op && op->max_objects > 0 ? MG_MAX(lo, MG_MIN(op->max_objects, WORLD_MAX_OBJECTS)) : WORLD_MAX_OBJECTS;
+    int bgs[WORLD_N_BACKGROUNDS], tones[WORLD_N_TONES];
+    const int n_bgs = mask_list(op ? op->backgrounds : 0, WORLD_N_BACKGROUNDS, bgs);
+    const int n_tones = mask_list(op ? op->tones : 0, WORLD_N_TONES, tones);
+    int n = lo + rng_int(&r, hi - lo + 1);
     for (int attempt = 0;; attempt++) {
-        if (attempt > 0 && attempt % 8 == 0 && n > 1) n--; /* crowded: fewer objects */
-        sc->background = rng_int(&r, WORLD_N_BACKGROUNDS);
+        if (attempt >= 4096) {
+            free(own); free(bg); free(rgb);
+            return mg_err(err, err_len, MG_ERR_INVALID_ARG,
+                          "world: the scene options admit no scene (colours too close to the background tones?)");
+        }
+        if (attempt > 0 && attempt % 8 == 0 && n > lo) n--; /* crowded: fewer objects */
+        sc->background = bgs[rng_int(&r, n_bgs)];
         int nb = (int)MG_ARRAY_LEN(BG_RGB);
-        int b0 = rng_int(&r, nb), b1 = (b0 + 1 + rng_int(&r, nb - 1)) % nb;
+        int b0 = tones[rng_int(&r, n_tones)], b1 = (b0 + 1 + rng_int(&r, nb - 1)) % nb;
         memcpy(sc->bg_rgb[0], BG_RGB[b0], 3);
         memcpy(sc->bg_rgb[1], sc->background == WORLD_BG_GRADIENT ? BG_RGB[b1] : BG_RGB[b0], 3);
-        if (!layout(sc, &r, n)) continue;
+        if (!layout(sc, &r, n, op)) continue;
         render_owners(sc, own);
         bool ok = true;
         for (int i = 0; i < sc->n_objects; i++)
@@ -944,4 +973,120 @@ int world_mentions(const char *text, int out[][2], int max) {
         prev_is_size = is_size;
     }
     return n;
+}
+
+/* ==== Scene options (curriculum) ==== */
+
+/* Index of name [p, p+n) in table (of count entries), or -1. */
+static int name_index(const char *const *table, int count, const char *p, size_t n) {
+    for (int i = 0; i < count; i++)
+        if (strlen(table[i]) == n && !strncasecmp(table[i], p, n)) return i;
+    return -1;
+}
+
+/* A '+' list of names (or tone numbers when table is NULL) of one key into *mask. */
+static mg_status parse_names(const char *key, const char *p, size_t n, const char *const *table, int count,
+                             unsigned *mask, char *err, size_t err_len) {
+    *mask = 0;
+    if (n == 3 && !strncasecmp(p, "all", 3)) return MG_OK;
+    while (n > 0) {
+        const char *plus = memchr(p, '+', n);
+        size_t k = plus ? (size_t)(plus - p) : n;
+        int i = -1;
+        if (table) i = name_index(table, count, p, k);
+        else if (k == 1 && p[0] >= '0' && p[0] < '0' + count) i = p[0] - '0';
+        if (i < 0)
+            return mg_err(err, err_len, MG_ERR_INVALID_ARG, "scene: unknown %s '%.*s'", key, (int)MG_MIN(k, (size_t)40), p);
+        *mask |= 1u << i;
+        p += k + (plus ? 1 : 0);
+        n -= k + (plus ? 1 : 0);
+        if (plus && n == 0) return mg_err(err, err_len, MG_ERR_INVALID_ARG, "scene: empty name in %s", key);
+    }
+    return MG_OK;
+}
+
+/* See world.h. */
+mg_status world_opts_parse(const char *spec, world_opts *o, char *err, size_t err_len) {
+    if (!o) return mg_err(err, err_len, MG_ERR_INVALID_ARG, "scene: no options");
+    memset(o, 0, sizeof *o);
+    if (!spec || !*spec || !strcasecmp(spec, "all")) return MG_OK;
+    const char *p = spec;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        const char *eq = memchr(p, '=', n);
+        if (!eq) return mg_err(err, err_len, MG_ERR_INVALID_ARG, "scene: '%.*s' is not key=value", (int)MG_MIN(n, (size_t)40), p);
+        const size_t kn = (size_t)(eq - p), vn = n - kn - 1;
+        const char *v = eq + 1;
+        mg_status st = MG_OK;
+#define KEY(s) (kn == strlen(s) && !strncmp(p, s, kn))
+        if (KEY("objects")) {
+            int a = 0, b = 0, used = 0;
+            char tmp[16];
+            if (vn == 0 || vn >= sizeof tmp) return mg_err(err, err_len, MG_ERR_INVALID_ARG, "scene: objects=N or N-M");
+            memcpy(tmp, v, vn);
+            tmp[vn] = 0;
+            if (sscanf(tmp, "%d-%d%n", &a, &b, &used) == 2 && used == (int)vn) {
+            } else if (sscanf(tmp, "%d%n", &a, &used) == 1 && used == (int)vn) {
+                b = a;
+            } else {
+                return mg_err(err, err_len, MG_ERR_INVALID_ARG, "scene: objects=N or N-M, not '%s'", tmp);
+            }
+            if (a < 1 || b > WORLD_MAX_OBJECTS || a > b)
+                return mg_err(err, err_len, MG_ERR_INVALID_ARG, "scene: objects %d-%d not within 1-%d", a, b, WORLD_MAX_OBJECTS);
+            o->min_objects = a;
+            o->max_objects = b;
+        } else if (KEY("bg")) {
+            st = parse_names("background", v, vn, BACKGROUNDS, WORLD_N_BACKGROUNDS, &o->backgrounds, err, err_len);
+        } else if (KEY("tones")) {
+            st = parse_names("tone (0-7)", v, vn, NULL, WORLD_N_TONES, &o->tones, err, err_len);
+        } else if (KEY("colors")) {
+            st = parse_names("colour", v, vn, COLORS, WORLD_N_COLORS, &o->colors, err, err_len);
+        } else if (KEY("shapes")) {
+            st = parse_names("shape", v, vn, SHAPES, WORLD_N_SHAPES, &o->shapes, err, err_len);
+        } else if (KEY("sizes")) {
+            st = parse_names("size", v, vn, SIZES, WORLD_N_SIZES, &o->sizes, err, err_len);
+        } else {
+            return mg_err(err, err_len, MG_ERR_INVALID_ARG,
+                          "scene: unknown key '%.*s' (objects, bg, tones, colors, shapes, sizes)", (int)MG_MIN(kn, (size_t)40), p);
+        }
+#undef KEY
+        if (st != MG_OK) return st;
+        p += n + (end ? 1 : 0);
+        if (end && !*p) return mg_err(err, err_len, MG_ERR_INVALID_ARG, "scene: trailing ','");
+    }
+    return MG_OK;
+}
+
+/* Appends "key=a+b" for a restricting mask. */
+static void format_mask(char *buf, size_t len, const char *key, unsigned mask, const char *const *table, int count) {
+    if (!(mask & ((1u << count) - 1))) return;
+    size_t at = strlen(buf);
+    at += (size_t)snprintf(buf + at, at < len ? len - at : 0, "%s%s=", at ? "," : "", key);
+    bool first = true;
+    for (int i = 0; i < count && at < len; i++) {
+        if (!(mask & 1u << i)) continue;
+        if (table) at += (size_t)snprintf(buf + at, len - at, "%s%s", first ? "" : "+", table[i]);
+        else at += (size_t)snprintf(buf + at, len - at, "%s%d", first ? "" : "+", i);
+        first = false;
+    }
+}
+
+/* See world.h. */
+void world_opts_format(const world_opts *o, char *buf, size_t len) {
+    if (!buf || !len) return;
+    buf[0] = 0;
+    if (o && (o->min_objects > 0 || o->max_objects > 0)) {
+        const int lo = o->min_objects > 0 ? o->min_objects : 1, hi = o->max_objects > 0 ? o->max_objects : WORLD_MAX_OBJECTS;
+        if (lo == hi) snprintf(buf, len, "objects=%d", lo);
+        else snprintf(buf, len, "objects=%d-%d", lo, hi);
+    }
+    if (o) {
+        format_mask(buf, len, "bg", o->backgrounds, BACKGROUNDS, WORLD_N_BACKGROUNDS);
+        format_mask(buf, len, "tones", o->tones, NULL, WORLD_N_TONES);
+        format_mask(buf, len, "colors", o->colors, COLORS, WORLD_N_COLORS);
+        format_mask(buf, len, "shapes", o->shapes, SHAPES, WORLD_N_SHAPES);
+        format_mask(buf, len, "sizes", o->sizes, SIZES, WORLD_N_SIZES);
+    }
+    if (!buf[0]) snprintf(buf, len, "all");
 }

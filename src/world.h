@@ -65,11 +65,35 @@ void world_color_rgb(int color, uint8_t rgb[3]);
 const char *world_size_name(int size);
 const char *world_background_name(int background);
 
+/* Which scenes the generator may draw (a curriculum restricts the world; docs/synth.md). A mask
+ * of 0 means "all"; with every field at 0 (or opts NULL) the stream is the full world. */
+typedef struct {
+    int min_objects, max_objects; /* 1..6 (0: 1 and 6) */
+    unsigned backgrounds;         /* bit per WORLD_BG_* */
+    unsigned tones;               /* bit per background tone (WORLD_N_TONES) */
+    unsigned colors;              /* bit per colour */
+    unsigned shapes;              /* bit per shape */
+    unsigned sizes;               /* bit per size class */
+} world_opts;
+
+enum { WORLD_N_TONES = 8 };
+
+/* Parses "objects=1-2,bg=plain+gradient,tones=0+1,colors=red+blue,shapes=square,sizes=large"
+ * (keys in any order, each optional; "all" or "" for everything). Unknown keys, names or ranges
+ * fail with a message. */
+mg_status world_opts_parse(const char *spec, world_opts *o, char *err, size_t err_len);
+/* The canonical spec of o ("all" for the full world) into buf. */
+void world_opts_format(const world_opts *o, char *buf, size_t len);
+
 /* Generates and renders scene `index` of the set `seed` (size x size pixels, 64..4096).
  * held_out selects a disjoint stream of scenes for evaluation sets. On success *sc owns its image
  * (world_scene_free). Never fails on valid arguments except for memory. */
 mg_status world_scene_generate(world_scene *sc, uint64_t seed, uint64_t index, int size, bool held_out,
                                char *err, size_t err_len);
+/* The same within the restrictions of opts (NULL: none; then identical to the above). Fails when
+ * the restrictions admit no scene (say, only white objects on the lightest tone). */
+mg_status world_scene_generate_opts(world_scene *sc, uint64_t seed, uint64_t index, int size, bool held_out,
+                                    const world_opts *opts, char *err, size_t err_len);
 void world_scene_free(world_scene *sc);
 
 /* Pixel box of object i as the half-open corners (x0, y0, x1+1, y1+1): the COCO box

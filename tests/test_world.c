@@ -144,3 +144,67 @@ TEST(world_files_vs_python) {
                           "%s/wpyt/data.jsonl", d, bin, d, d, d), 0);
     CHECK(test_run("%s synth -q -n 1 --tasks nonsense -o %s/wpyt 2>/dev/null", bin, d) != 0);
 }
+
+/* Scene options: the parser's canonical round trip and errors; restricted scenes keep to their
+ * restrictions; no restriction gives the full world's scenes bit for bit; an impossible
+ * restriction fails with a message instead of looping. */
+TEST(world_scene_options) {
+    world_opts o;
+    char err[256], buf[256];
+    CHECK(world_opts_parse("objects=1-2,bg=plain+gradient,tones=0+3,colors=red+Blue,shapes=square,sizes=large",
+                           &o, err, sizeof err) == MG_OK);
+    world_opts_format(&o, buf, sizeof buf);
+    CHECK_MSG(!strcmp(buf, "objects=1-2,bg=plain+gradient,tones=0+3,colors=red+blue,shapes=square,sizes=large"), "format gave %s", buf);
+    CHECK(world_opts_parse("", &o, err, sizeof err) == MG_OK);
+    world_opts_format(&o, buf, sizeof buf);
+    CHECK_MSG(!strcmp(buf, "all"), "format gave %s", buf);
+    CHECK(world_opts_parse("objects=3", &o, err, sizeof err) == MG_OK && o.min_objects == 3 && o.max_objects == 3);
+    const char *bad[] = {"objects=0", "objects=2-1", "objects=7", "objects=1x", "bg=sky", "colors=red+",
+                         "tones=8", "shape=circle", "sizes", "objects=1,", "colors=red++blue"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        err[0] = 0;
+        CHECK(world_opts_parse(bad[i], &o, err, sizeof err) == MG_ERR_INVALID_ARG);
+        CHECK(strstr(err, "scene:") != NULL);
+    }
+
+    /* restricted */
+    CHECK(world_opts_parse("objects=1-2,bg=plain,tones=0+3,colors=red+blue+green,shapes=square+circle,sizes=large",
+                           &o, err, sizeof err) == MG_OK);
+    int seen_colors = 0, seen_two = 0;
+    for (int k = 0; k < 40; k++) {
+        world_scene sc;
+        CHECK(world_scene_generate_opts(&sc, 5, (uint64_t)k, 96, k & 1, &o, err, sizeof err) == MG_OK);
+        CHECK(sc.n_objects >= 1 && sc.n_objects <= 2);
+        seen_two |= sc.n_objects == 2;
+        CHECK(sc.background == WORLD_BG_PLAIN);
+        CHECK(!memcmp(sc.bg_rgb[0], "\xbe\xbe\xbe", 3) || !memcmp(sc.bg_rgb[0], "\x3c\x46\x5f", 3)); /* tones 0, 3 */
+        for (int i = 0; i < sc.n_objects; i++) {
+            const world_object *ob = &sc.objects[i];
+            CHECK(ob->color == 0 || ob->color == 1 || ob->color == 2);
+            CHECK(ob->shape == WORLD_SQUARE || ob->shape == WORLD_CIRCLE);
+            CHECK(ob->size == WORLD_LARGE);
+            seen_colors |= 1 << ob->color;
+        }
+        world_scene_free(&sc);
+    }
+    CHECK(seen_colors == 7 && seen_two);
+
+    /* unrestricted options: the same scenes as world_scene_generate */
+    world_opts none = {0};
+    for (int k = 0; k < 6; k++) {
+        world_scene a, b;
+        CHECK(world_scene_generate(&a, 9, (uint64_t)k, 96, false, err, sizeof err) == MG_OK);
+        CHECK(world_scene_generate_opts(&b, 9, (uint64_t)k, 96, false, &none, err, sizeof err) == MG_OK);
+        CHECK(a.n_objects == b.n_objects && a.background == b.background);
+        if (a.image.rgb && b.image.rgb) CHECK(memcmp(a.image.rgb, b.image.rgb, (size_t)96 * 96 * 3) == 0);
+        world_scene_free(&a);
+        world_scene_free(&b);
+    }
+
+    /* white objects on the light sand tone (2) never stand out: an error, not a hang */
+    CHECK(world_opts_parse("colors=white,tones=2,bg=plain", &o, err, sizeof err) == MG_OK);
+    world_scene sc;
+    err[0] = 0;
+    CHECK(world_scene_generate_opts(&sc, 1, 0, 96, false, &o, err, sizeof err) == MG_ERR_INVALID_ARG);
+    CHECK(strstr(err, "admit no scene") != NULL);
+}

@@ -18,7 +18,7 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: minigpt synth -o DIR [-n N] [--seed S] [--size PX] [--tasks LIST] [--eval]\n\n"
+            "usage: minigpt synth -o DIR [-n N] [--seed S] [--size PX] [--tasks LIST] [--scene SPEC] [--eval]\n\n"
             "Renders N synthetic images (1-6 coloured shapes on plain, gradient, noisy or cluttered\n"
             "backgrounds) as DIR/images/NNNNNN.png and writes DIR/data.jsonl: per image its size,\n"
             "objects with tight pixel boxes and task examples in MiniGPT-v2's formats.\n"
@@ -29,6 +29,9 @@ static void usage(FILE *f) {
             "  --size PX     image side in pixels (default 448)\n"
             "  --tasks LIST  all (default) or a comma list of caption, grounding, detection,\n"
             "                refer, identify, vqa, describe (the untagged \"Describe this image.\")\n"
+            "  --scene SPEC  only these scenes (the trainer's curriculum), e.g. objects=1-2,\n"
+            "                bg=plain+gradient,tones=0+1,colors=red+blue,shapes=square,sizes=large\n"
+            "                (each key optional; names '+'-separated; default all)\n"
             "  --eval        a held-out set (scenes disjoint from training sets of any seed) with\n"
             "                the official evaluation prompts, plus ground-truth files for\n"
             "                `minigpt eval`: refcoco_synth.json, vqa_questions.json,\n"
@@ -89,6 +92,8 @@ int cmd_synth(int argc, char **argv) {
     const char *dir = NULL;
     unsigned mask = ~0u;
     bool eval = false, quiet = false;
+    world_opts wo = {0};
+    char err0[256];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool has = i + 1 < argc;
@@ -104,6 +109,8 @@ int cmd_synth(int argc, char **argv) {
         } else if (!strcmp(a, "--tasks") && has) {
             mask = parse_tasks(argv[++i]);
             if (!mask) return cli_error("synth", "bad --tasks '%s' (see --help)", argv[i]);
+        } else if (!strcmp(a, "--scene") && has) {
+            if (world_opts_parse(argv[++i], &wo, err0, sizeof err0) != MG_OK) return cli_error("synth", "%s", err0);
         } else if (!strcmp(a, "--eval")) {
             eval = true;
         } else if (!strcmp(a, "-q")) {
@@ -131,7 +138,7 @@ int cmd_synth(int argc, char **argv) {
     char err[256];
     for (long long k = 0; k < n && ex && rc == 0; k++) {
         world_scene sc;
-        if (world_scene_generate(&sc, (uint64_t)seed, (uint64_t)k, (int)size, eval, err, sizeof err) != MG_OK) {
+        if (world_scene_generate_opts(&sc, (uint64_t)seed, (uint64_t)k, (int)size, eval, &wo, err, sizeof err) != MG_OK) {
             rc = cli_error("synth", "%s", err);
             break;
         }

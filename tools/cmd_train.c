@@ -6,6 +6,7 @@
 #include "cli.h"
 
 #include "trainloop.h"
+#include "world.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,9 @@ static void usage(FILE *f) {
             "                    (default 0,1,4,2,2,2,1)\n"
             "  --max-objects N   world: only scenes with at most N objects (curriculum; 0: any)\n"
             "  --easy            world: only plain backgrounds, medium and large objects (curriculum)\n"
+            "  --scene SPEC      world: draw only these scenes (curriculum), e.g.\n"
+            "                    objects=1,bg=plain,tones=0,colors=red+green+blue,shapes=square,sizes=large\n"
+            "                    (keys optional; names '+'-separated; tones 0-7; default all)\n"
             "  --aux W           world: add W x an auxiliary loss that classifies every image patch\n"
             "                    (colour and shape of the object on it, or background) from the\n"
             "                    ln_vision rows; trains the vision tower directly (default 0: off).\n"
@@ -184,6 +188,13 @@ int cmd_train(int argc, char **argv) {
             if (tr_parse_mode(argv[++i], &p.train_mask, err, sizeof err) != MG_OK) return cli_error("train", "%s", err);
         } else if (!strcmp(a, "--tasks") && has) {
             if (!parse_weights(argv[++i], p.task_weight)) return cli_error("train", "--tasks needs 7 weights >= 0");
+        } else if (!strcmp(a, "--scene") && has) {
+            char err[256];
+            world_opts wo;
+            const char *spec = argv[++i];
+            if (world_opts_parse(spec, &wo, err, sizeof err) != MG_OK) return cli_error("train", "%s", err);
+            if (strlen(spec) >= sizeof p.scene) return cli_error("train", "--scene: spec too long");
+            snprintf(p.scene, sizeof p.scene, "%s", spec);
         } else if (!strcmp(a, "--easy")) p.easy = true;
         else if (!strcmp(a, "-q")) ui.quiet = 1;
         else {
