@@ -128,14 +128,9 @@ bench-kernels: $(BUILD)/kernels_bench
 demo: $(BUILD)/minigpt
 	@bash scripts/demo.sh $(BUILD)/minigpt
 
-# The demo model's one-command retrain (docs/DEMO_MODEL.md): seed 1, 2 threads (results are
-# bit-reproducible for a given thread count); the checkpoint allows `minigpt train --resume`.
+# The demo model's one-command retrain (docs/DEMO_MODEL.md): the curriculum in scripts/train_demo.sh.
 train-demo: $(BUILD)/minigpt
-	@mkdir -p models
-	$(BUILD)/minigpt train --seed 1 -t 2 --easy --max-objects 1 --steps 200 --warmup 20 --eval-every 50 \
-	  -o $(BUILD)/demo-stage1.gguf
-	$(BUILD)/minigpt train --init $(BUILD)/demo-stage1.gguf --seed 2 -t 2 --steps 700 --warmup 20 --lr 1e-3 \
-	  --eval-every 100 -o models/demo.gguf --ckpt $(BUILD)/demo.ckpt
+	@bash scripts/train_demo.sh $(BUILD)/minigpt
 
 clean:
 	rm -rf build build-asan build-fuzz

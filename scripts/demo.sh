@@ -13,9 +13,10 @@ if [ ! -f "$model" ]; then
     exit 0
 fi
 mkdir -p build/demo
-# The bundled images are held-out scenes of the synthetic world (`minigpt synth --eval --seed 7
-# --size 96`, scenes 2, 4, 5, 7); each gets a caption, a grounded description, and a [refer],
-# [detection] and [vqa] question about its own objects.
+# The bundled images are held-out scenes of the demo model's world (`minigpt synth --eval --seed 7
+# --size 96 --scene objects=1-3,bg=plain,shapes=circle+square+triangle+star+diamond+cross,
+# sizes=medium+large`, scenes 0, 2, 4, 7); each gets a caption, a grounded description, and a
+# [refer], [detection] and [vqa] question about its own objects.
 vq="Based on the image, respond to this question with a short answer:"
 ask() { # image name task prompt
     echo "== $1 [$3] ${4:-}"
@@ -33,9 +34,9 @@ while IFS='|' read -r name refer detect vqa; do
     ask "$img" "$name" detection "$detect"
     ask "$img" "$name" vqa "$vq $vqa"
 done <<'EOF_LIST'
-1-noise|white circle|green square|What color is the triangle?
-2-clutter|small cyan cross|hexagons|What shape is the purple object?
-3-gradient|blue star|blue square|How many brown objects are there?
-4-plain|medium green pentagon|red cross|Is there a green star?
+scene-0|medium triangle right of the diamond|cyan diamond|How many yellow objects are there?
+scene-2|white triangle|green cross|What color is the diamond?
+scene-4|large red circle left of the diamond|star|What color is the star?
+scene-7|medium white diamond|red triangle|Where is the white diamond?
 EOF_LIST
 echo "annotated images in build/demo/"

@@ -472,6 +472,25 @@ mg_status tr_model_create(tr_model **out, const tr_config *cfg, uint64_t seed, i
             else p[j] = 0.0f;
         }
     }
+    if (cfg->pos_sincos > 0) { /* patch (gy, gx): a quarter of the channels each for sin/cos of x and y */
+        const int G = cfg->image_size / cfg->patch_size, E = cfg->v_embd, Q = E / 4;
+        float *pos = NULL;
+        for (int i = 0; i < m->n_tensors; i++)
+            if (!strcmp(m->tensors[i].name, "v.position_embd")) pos = m->params + m->tensors[i].off;
+        for (int e = 0; pos && e < E; e++) pos[e] = 0.0f;
+        for (int g = 0; pos && g < G * G; g++) {
+            float *row = pos + (size_t)(g + 1) * (size_t)E;
+            const int gy = g / G, gx = g % G;
+            for (int k = 0; k < Q; k++) {
+                const double f = pow(1.0 / 100.0, (double)k / (double)(Q > 1 ? Q - 1 : 1)) * 3.14159265358979;
+                row[k] = cfg->pos_sincos * (float)sin(gx * f);
+                row[Q + k] = cfg->pos_sincos * (float)cos(gx * f);
+                row[2 * Q + k] = cfg->pos_sincos * (float)sin(gy * f);
+                row[3 * Q + k] = cfg->pos_sincos * (float)cos(gy * f);
+            }
+            for (int e = 4 * Q; e < E; e++) row[e] = 0.0f;
+        }
+    }
     *out = m;
     return MG_OK;
 }

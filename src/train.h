@@ -39,6 +39,9 @@ typedef struct {
     /* training only: classes of the auxiliary patch head (0: none). The head (aux.patch_cls.*,
      * vision group) classifies every ln_vision patch row; it is not part of an exported model. */
     int aux_classes;
+    /* creation only (not stored): amplitude of a 2D sine-cosine initialisation of the ViT
+     * position embedding (patch rows; the CLS row stays 0). 0: random like the other embeddings. */
+    float pos_sincos;
 } tr_config;
 
 /* Parameter groups; a train mask is an OR of them. */

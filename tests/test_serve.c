@@ -13,8 +13,10 @@
 #include "test.h"
 
 #include "minigpt.h"
+#include "world.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -71,8 +73,9 @@ static bool server_start(srv_proc *s, const char *name, const char *model, const
     memset(s, 0, sizeof s[0]);
     char mp[1024], cmd[4096];
     dpath(s->log, sizeof s->log, name);
-    snprintf(cmd, sizeof cmd, "exec '%s' serve -m '%s' --port 0 -t 2 %s 2> '%s'", bin(), dpath(mp, sizeof mp, model),
-             args, s->log);
+    /* a bare name is one of the test data dir's models; a path is used as it is */
+    snprintf(cmd, sizeof cmd, "exec '%s' serve -m '%s' --port 0 -t 2 %s 2> '%s'", bin(),
+             strchr(model, '/') ? model : dpath(mp, sizeof mp, model), args, s->log);
     unlink(s->log);
     fflush(stdout);
     pid_t pid = fork();
@@ -509,6 +512,126 @@ TEST(serve_browser) {
         CHECK_MSG(abs(v[0] - 10) <= 1 && abs(v[1] - 20) <= 1 && abs(v[2] - 50) <= 1 && abs(v[3] - 50) <= 1,
                   "region {%d %d %d %d}", v[0], v[1], v[2], v[3]);
         CHECK_EQ_INT(json_array_size(jp(r, "outside_requests")), 0); /* works offline */
+        CHECK_EQ_INT(json_array_size(jp(r, "console_errors")), 0);
+    }
+    json_decref(r);
+    CHECK(file_exists(shot));
+    CHECK_EQ_INT(server_stop(&s), 0);
+}
+
+/* ==== The shipped demo model (models/demo.gguf; docs/DEMO_MODEL.md) ==== */
+
+/* MG_DEMO_MODEL overrides the path (a candidate model) */
+static const char *demo_model(void) {
+    const char *e = getenv("MG_DEMO_MODEL");
+    return e && *e ? e : "models/demo.gguf";
+}
+#define DEMO_MODEL demo_model()
+/* the world of the shipped model's last curriculum stage (scripts/train_demo.sh): its held-out scenes */
+#define DEMO_SCENE "objects=1-3,bg=plain,shapes=circle+square+triangle+star+diamond+cross,sizes=medium+large"
+
+/* Held-out scene k of the demo world as a PNG in the data dir; phrase = "colour shape" of its
+ * first object; gt = the pixel boxes (x0, y0, x1 + 1, y1 + 1) of every object the phrase names. */
+static int demo_scene_png(uint64_t k, char *png, size_t png_len, char *phrase, size_t ph_len, double gt[][4]) {
+    world_opts o;
+    world_scene sc;
+    char err[256], name[64];
+    if (world_opts_parse(DEMO_SCENE, &o, err, sizeof err) != MG_OK) return -1;
+    if (world_scene_generate_opts(&sc, 7, k, 96, true, &o, err, sizeof err) != MG_OK) return -1;
+    snprintf(name, sizeof name, "demo_scene_%d.png", (int)k);
+    dpath(png, png_len, name);
+    const world_object *a = &sc.objects[0];
+    snprintf(phrase, ph_len, "%s %s", world_color_name(a->color), world_shape_name(a->shape));
+    int n = 0;
+    for (int i = 0; i < sc.n_objects; i++)
+        if (sc.objects[i].color == a->color && sc.objects[i].shape == a->shape) world_object_box(&sc.objects[i], gt[n++]);
+    mg_status st = mg_image_write_png(&sc.image, png, err, sizeof err);
+    world_scene_free(&sc);
+    return st == MG_OK ? n : -1;
+}
+
+static double iou(const double a[4], const double b[4]) {
+    const double ix = fmin(a[2], b[2]) - fmax(a[0], b[0]), iy = fmin(a[3], b[3]) - fmax(a[1], b[1]);
+    if (ix <= 0 || iy <= 0) return 0;
+    const double u = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy;
+    return u > 0 ? ix * iy / u : 0;
+}
+
+/* The openai client against the demo model: [detection] of an object in each of 6 held-out
+ * scenes, greedy, non-streamed and streamed: every answer carries boxes in the grounding field,
+ * the streamed text equals the non-streamed one, and most boxes hit the object (IoU > 0.5). */
+TEST(serve_demo_model_detection) {
+    if (!file_exists(DEMO_MODEL)) SKIP("%s not present", DEMO_MODEL);
+    if (!have_node()) SKIP("node or tests/node/node_modules/openai missing (npm ci in tests/node)");
+    srv_proc s;
+    CHECK(server_start(&s, "serve_demo.log", DEMO_MODEL, "--api-key " KEY));
+    if (!s.pid) return;
+    int answered = 0, hits = 0;
+    for (uint64_t k = 0; k < 6; k++) {
+        char png[1024], phrase[64], cmd[4096];
+        double gt[WORLD_MAX_OBJECTS][4];
+        const int n_gt = demo_scene_png(k, png, sizeof png, phrase, sizeof phrase, gt);
+        CHECK(n_gt >= 1);
+        if (n_gt < 1) continue;
+        const char *slash = strrchr(DEMO_MODEL, '/');
+        snprintf(cmd, sizeof cmd, "MG_API_KEY=%s node tests/node/serve_client.mjs detect %s '%s' '%s' '%s'", KEY,
+                 s.url, slash ? slash + 1 : DEMO_MODEL, png, phrase);
+        int rc;
+        json_t *r = node_json(&rc, "%s", cmd);
+        CHECK_EQ_INT(rc, 0);
+        if (!r) continue;
+        printf("  [detection] %s -> %s\n", phrase, jstr(r, "nonstream.content"));
+        CHECK(strcmp(jstr(r, "nonstream.content"), jstr(r, "stream.text")) == 0);
+        json_t *boxes = jp(r, "nonstream.grounding.entities.0.boxes");
+        CHECK_MSG(json_array_size(boxes) >= 1, "no box in '%s'", jstr(r, "nonstream.content"));
+        CHECK(json_array_size(jp(r, "stream.grounding.entities.0.boxes")) == json_array_size(boxes));
+        answered += json_array_size(boxes) >= 1;
+        for (size_t b = 0; b < json_array_size(boxes); b++) {
+            double px[4];
+            char path[64];
+            for (int c = 0; c < 4; c++) {
+                snprintf(path, sizeof path, "%zu.px.%d", b, c);
+                px[c] = jnum(boxes, path);
+            }
+            bool hit = false;
+            for (int g = 0; g < n_gt; g++) hit |= iou(px, gt[g]) > 0.5;
+            hits += hit;
+            if (b == 0) break; /* the first box of each answer is scored */
+        }
+        json_decref(r);
+    }
+    CHECK_EQ_INT(answered, 6);
+    CHECK_MSG(hits >= 4, "%d of 6 first boxes with IoU > 0.5", hits);
+    CHECK_EQ_INT(server_stop(&s), 0);
+}
+
+/* The web demo with the demo model: upload a held-out scene, [detection] of its object, a box
+ * labelled with the model's phrase is drawn over the image; screenshot in the data dir. */
+TEST(serve_browser_demo_model) {
+    if (!file_exists(DEMO_MODEL)) SKIP("%s not present", DEMO_MODEL);
+    if (!have_node()) SKIP("node or tests/node/node_modules/openai missing (npm ci in tests/node)");
+    if (access("/usr/bin/chromium", X_OK) != 0) SKIP("Debian's chromium is not installed (/usr/bin/chromium)");
+    if (!file_exists("tests/node/node_modules/playwright-core/package.json")) SKIP("playwright-core missing (npm ci in tests/node)");
+    srv_proc s;
+    CHECK(server_start(&s, "serve_browser_demo.log", DEMO_MODEL, ""));
+    if (!s.pid) return;
+    char png[1024], phrase[64], shot[1024];
+    double gt[WORLD_MAX_OBJECTS][4];
+    CHECK(demo_scene_png(0, png, sizeof png, phrase, sizeof phrase, gt) >= 1);
+    dpath(shot, sizeof shot, "serve_browser_demo.png");
+    unlink(shot);
+    int rc;
+    json_t *r = node_json(&rc, "timeout 60 node tests/node/serve_browser.mjs %s '%s' '%s' '%s'", s.url, png, shot, phrase);
+    if (rc == 3) {
+        json_decref(r);
+        server_stop(&s);
+        SKIP("chromium cannot be launched");
+    }
+    CHECK_EQ_INT(rc, 0);
+    if (r) {
+        printf("  answer: %s\n", jstr(r, "answer"));
+        CHECK(json_array_size(jp(r, "boxes")) >= 1);
+        CHECK(jstr(r, "boxes.0.label")[0] != 0); /* the phrase the model wrote */
         CHECK_EQ_INT(json_array_size(jp(r, "console_errors")), 0);
     }
     json_decref(r);

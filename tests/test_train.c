@@ -824,3 +824,48 @@ TEST(train_batch_parallel) {
     tr_model_free(a);
     tr_model_free(b1);
 }
+
+/* --pos-sincos: the ViT position embedding starts as 2D sine-cosine (x in the first half of the
+ * channels, y in the second, CLS row 0); other tensors keep the seed's values; 0 leaves it random. */
+TEST(train_pos_sincos_init) {
+    tr_config c = tr_config_tiny();
+    char err[256];
+    tr_model *a = NULL, *b = NULL;
+    CHECK(tr_model_create(&a, &c, 5, 1, err, sizeof err) == MG_OK);
+    c.pos_sincos = 0.5f;
+    CHECK(tr_model_create(&b, &c, 5, 1, err, sizeof err) == MG_OK);
+    if (!a || !b) {
+        tr_model_free(a);
+        tr_model_free(b);
+        return;
+    }
+    const int ip = tr_find_tensor(b, "v.position_embd");
+    CHECK(ip >= 0);
+    const int G = c.image_size / c.patch_size, E = c.v_embd, Q = E / 4;
+    const float *pa = a->params + a->tensors[ip].off, *pb = b->params + b->tensors[ip].off;
+    int nonzero_random = 0;
+    for (int e = 0; e < E; e++) {
+        CHECK(pb[e] == 0.0f);
+        nonzero_random += pa[E + e] != 0.0f;
+    }
+    CHECK(nonzero_random > E / 2); /* the default stays random */
+    double worst = 0;
+    for (int g = 0; g < G * G; g++) {
+        const int gy = g / G, gx = g % G;
+        for (int k = 0; k < Q; k++) {
+            const double f = pow(0.01, (double)k / (Q - 1)) * 3.14159265358979;
+            const float *r = pb + (size_t)(g + 1) * E;
+            worst = fmax(worst, fabs(r[k] - 0.5 * sin(gx * f)));
+            worst = fmax(worst, fabs(r[Q + k] - 0.5 * cos(gx * f)));
+            worst = fmax(worst, fabs(r[2 * Q + k] - 0.5 * sin(gy * f)));
+            worst = fmax(worst, fabs(r[3 * Q + k] - 0.5 * cos(gy * f)));
+        }
+    }
+    CHECK_MSG(worst < 1e-6, "sin-cos rows off by %g", worst);
+    /* rows of different patches differ (the point of it) */
+    CHECK(memcmp(pb + E, pb + 2 * (size_t)E, sizeof(float) * (size_t)E) != 0);
+    for (int i = 0; i < a->n_tensors; i++)
+        if (i != ip) CHECK(!memcmp(a->params + a->tensors[i].off, b->params + b->tensors[i].off, sizeof(float) * (size_t)a->tensors[i].n));
+    tr_model_free(a);
+    tr_model_free(b);
+}

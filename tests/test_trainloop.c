@@ -312,10 +312,13 @@ TEST(demo_model_refer) {
     CHECK(mg_sampler_create(&smp, &sp, mg_model_n_vocab(m)) == MG_OK);
     world_example *ex = malloc(sizeof *ex * WORLD_MAX_EXAMPLES);
     int asked = 0, hits = 0;
+    world_opts wo; /* the demo model's world (its last curriculum stage, scripts/train_demo.sh) */
+    CHECK(world_opts_parse("objects=1-3,bg=plain,shapes=circle+square+triangle+star+diamond+cross,"
+                           "sizes=medium+large", &wo, err, sizeof err) == MG_OK);
     for (uint64_t k = 0; vl && smp && ex && asked < 10 && k < 40; k++) {
         world_scene sc;
         int n = 0;
-        if (world_scene_generate(&sc, 1, 5000 + k, mg_model_image_size(m), true, err, sizeof err) != MG_OK) break;
+        if (world_scene_generate_opts(&sc, 1, 5000 + k, mg_model_image_size(m), true, &wo, err, sizeof err) != MG_OK) break;
         world_scene_examples(&sc, 1u << MG_TASK_REFER, true, ex, WORLD_MAX_EXAMPLES, &n, err, sizeof err);
         if (n > 0) {
             mg_vl_reset(vl);

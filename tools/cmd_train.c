@@ -46,6 +46,8 @@ static void usage(FILE *f) {
             "model shape (new models only; default = the demo model):\n"
             "  --image-size S --patch P --v-embd E --v-layer N --v-head H --v-ff F\n"
             "  --embd D --layer N --head H --head-kv H --ff F --ctx N\n"
+            "  --pos-sincos A      start the ViT position embedding as 2D sine-cosine of amplitude A\n"
+            "                      (default 0: random, std 0.02)\n"
             "output:\n"
             "  -o MODEL          final model, parameters only (runs in `minigpt run`)\n"
             "  --ckpt FILE       checkpoint with optimizer state (default MODEL.ckpt)\n"
@@ -176,6 +178,7 @@ int cmd_train(int argc, char **argv) {
         FLTOPT("--wd", p.opt.weight_decay)
         FLTOPT("--clip", p.opt.clip)
         FLTOPT("--aux", p.aux_weight)
+        FLTOPT("--pos-sincos", p.cfg.pos_sincos)
 #undef INTOPT
 #undef FLTOPT
         if (!strcmp(a, "-o") && has) out = argv[++i];

@@ -1,6 +1,6 @@
 // serve_browser.mjs - drives the web demo of `minigpt serve` in Debian's headless Chromium with
 // playwright-core (tests/test_serve.c starts the server with the --fake-answer test hook).
-// usage: node serve_browser.mjs BASE_URL IMAGE.png SCREENSHOT.png
+// usage: node serve_browser.mjs BASE_URL IMAGE.png SCREENSHOT.png [PHRASE (default: red circle)]
 // Uploads the image, picks [detection], sends, waits for the streamed answer, then reports the
 // boxes drawn over the image, the coloured phrases and the [identify] region text of a dragged
 // rectangle as ONE line of JSON on stdout; exit 3 when Chromium is missing (the test skips).
@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-const [base, imagePath, shot] = process.argv.slice(2);
+const [base, imagePath, shot, phrase = 'red circle'] = process.argv.slice(2);
 const exe = '/usr/bin/chromium';
 if (!fs.existsSync(exe)) {
   console.log(JSON.stringify({ skip: 'no ' + exe }));
@@ -35,7 +35,7 @@ try {
   await page.waitForSelector('#stage:not([hidden])', { timeout: 10000 });
   await page.click('.chip[data-task="detection"]');
   out.prompt_after_chip = await page.inputValue('#prompt');
-  await page.fill('#prompt', out.prompt_after_chip + 'red circle');
+  await page.fill('#prompt', out.prompt_after_chip + phrase);
   await page.click('#send');
   await page.waitForSelector('.box', { timeout: 15000 });
   await page.waitForSelector('.msg.assistant .phrase', { timeout: 15000 });

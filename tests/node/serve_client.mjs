@@ -9,6 +9,8 @@
 //   load N M    N concurrent clients x M requests, about 1 in 4 malformed
 //   busy N      N requests at once against a slow server with a short queue
 //   cancel      a request abandoned by its client (streaming and not)
+//   detect P    the openai client asks "[detection] P" greedily, non-streaming then streaming
+//               (the demo model: real boxes)
 import OpenAI from 'openai';
 import fs from 'node:fs';
 
@@ -210,7 +212,24 @@ async function modeCancel() {
   return { h0, h1: await health(), after: after.status, after_ms: Date.now() - t1, total_ms: Date.now() - t0 };
 }
 
-const modes = { openai: modeOpenai, multiturn: modeMultiturn, text: modeText, bad: modeBad, load: modeLoad,
+async function modeDetect() {
+  const messages = [userWithImage('[detection] ' + rest[0])];
+  const r = await client.chat.completions.create({ model, messages, max_tokens: 60, temperature: 0 });
+  const m = r.choices[0].message;
+  const out = { nonstream: { content: m.content, finish: r.choices[0].finish_reason, grounding: m.grounding ?? null } };
+  const stream = await client.chat.completions.create({ model, messages, max_tokens: 60, temperature: 0, stream: true });
+  let text = '', grounding = null;
+  for await (const c of stream) {
+    const ch = c.choices[0];
+    if (!ch) continue;
+    if (ch.delta?.content) text += ch.delta.content;
+    if (ch.grounding) grounding = ch.grounding;
+  }
+  out.stream = { text, grounding };
+  return out;
+}
+
+const modes = { openai: modeOpenai, detect: modeDetect, multiturn: modeMultiturn, text: modeText, bad: modeBad, load: modeLoad,
                 busy: modeBusy, cancel: modeCancel };
 if (!modes[mode]) {
   console.error('unknown mode ' + mode);
