@@ -13,10 +13,10 @@
 #include "test.h"
 
 #include "minigpt.h"
+#include "evalscore.h"
 #include "world.h"
 
 #include <jansson.h>
-#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -531,7 +531,8 @@ static const char *demo_model(void) {
 #define DEMO_SCENE "objects=1-3,bg=plain,shapes=circle+square+triangle+star+diamond+cross,sizes=medium+large"
 
 /* Held-out scene k of the demo world as a PNG in the data dir; phrase = "colour shape" of its
- * first object; gt = the pixel boxes (x0, y0, x1 + 1, y1 + 1) of every object the phrase names. */
+ * first object; gt = the inclusive pixel corners (x0, y0, x1, y1) of every object the phrase names,
+ * as the official evaluation's computeIoU takes them (eval_iou_plus1). */
 static int demo_scene_png(uint64_t k, char *png, size_t png_len, char *phrase, size_t ph_len, double gt[][4]) {
     world_opts o;
     world_scene sc;
@@ -544,17 +545,14 @@ static int demo_scene_png(uint64_t k, char *png, size_t png_len, char *phrase, s
     snprintf(phrase, ph_len, "%s %s", world_color_name(a->color), world_shape_name(a->shape));
     int n = 0;
     for (int i = 0; i < sc.n_objects; i++)
-        if (sc.objects[i].color == a->color && sc.objects[i].shape == a->shape) world_object_box(&sc.objects[i], gt[n++]);
+        if (sc.objects[i].color == a->color && sc.objects[i].shape == a->shape) {
+            const world_object *b = &sc.objects[i];
+            gt[n][0] = b->x0, gt[n][1] = b->y0, gt[n][2] = b->x1, gt[n][3] = b->y1;
+            n++;
+        }
     mg_status st = mg_image_write_png(&sc.image, png, err, sizeof err);
     world_scene_free(&sc);
     return st == MG_OK ? n : -1;
-}
-
-static double iou(const double a[4], const double b[4]) {
-    const double ix = fmin(a[2], b[2]) - fmax(a[0], b[0]), iy = fmin(a[3], b[3]) - fmax(a[1], b[1]);
-    if (ix <= 0 || iy <= 0) return 0;
-    const double u = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy;
-    return u > 0 ? ix * iy / u : 0;
 }
 
 /* The openai client against the demo model: [detection] of an object in each of 6 held-out
@@ -594,7 +592,10 @@ TEST(serve_demo_model_detection) {
                 px[c] = jnum(boxes, path);
             }
             bool hit = false;
-            for (int g = 0; g < n_gt; g++) hit |= iou(px, gt[g]) > 0.5;
+            for (int g = 0; g < n_gt; g++) {
+                double v = 0;
+                hit |= eval_iou_plus1(px, gt[g], &v) && v > 0.5;
+            }
             hits += hit;
             if (b == 0) break; /* the first box of each answer is scored */
         }
