@@ -14,9 +14,9 @@ if [ ! -f "$model" ]; then
 fi
 mkdir -p build/demo
 # The bundled images are held-out scenes of the demo model's world (`minigpt synth --eval --seed 7
-# --size 96 --scene objects=1-3,bg=plain,shapes=circle+square+triangle+star+diamond+cross,
-# sizes=medium+large`, scenes 0, 2, 4, 7); each gets a caption, a grounded description, and a
-# [refer], [detection] and [vqa] question about its own objects.
+# --size 96 --scene objects=1,bg=plain,shapes=circle+square+triangle+star+diamond+cross,
+# sizes=medium+large`, scenes 0, 1, 4, 11); each gets a caption, a grounded description, and a
+# [refer], [detection] and [vqa] question about its object.
 vq="Based on the image, respond to this question with a short answer:"
 ask() { # image name task prompt
     echo "== $1 [$3] ${4:-}"
@@ -34,9 +34,9 @@ while IFS='|' read -r name refer detect vqa; do
     ask "$img" "$name" detection "$detect"
     ask "$img" "$name" vqa "$vq $vqa"
 done <<'EOF_LIST'
-scene-0|medium triangle right of the diamond|cyan diamond|How many yellow objects are there?
-scene-2|white triangle|green cross|What color is the diamond?
-scene-4|large red circle left of the diamond|star|What color is the star?
-scene-7|medium white diamond|red triangle|Where is the white diamond?
+scene-0|diamond|cyan diamond|What shape is the cyan object?
+scene-1|cross|yellow cross|What color is the cross?
+scene-4|red circle|red circle|What shape is the red object?
+scene-11|large green square|green square|Is there a green triangle?
 EOF_LIST
 echo "annotated images in build/demo/"

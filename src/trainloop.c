@@ -840,6 +840,10 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
             if (st == MG_OK && cb && cb(user, &pg)) cancelled = true;
         }
     }
+    /* A resumed checkpoint that had already reached its last step runs no step and so saved
+     * nothing: write it now, since the export below reads the checkpoint file. */
+    if (st == MG_OK && !cancelled && p.out_path && p.ckpt_path && m && m->step == step0)
+        st = tr_save(m, p.ckpt_path, kvf, err, err_len);
     if (st == MG_OK && !cancelled && p.out_path) {
         if (p.ckpt_path) st = tl_export(p.ckpt_path, p.out_path, err, err_len);
         else {

@@ -527,8 +527,8 @@ static const char *demo_model(void) {
     return e && *e ? e : "models/demo.gguf";
 }
 #define DEMO_MODEL demo_model()
-/* the world of the shipped model's last curriculum stage (scripts/train_demo.sh): its held-out scenes */
-#define DEMO_SCENE "objects=1-3,bg=plain,shapes=circle+square+triangle+star+diamond+cross,sizes=medium+large"
+/* the world of the shipped model's last curriculum stage: its held-out scenes */
+#define DEMO_SCENE WORLD_DEMO_SCENE
 
 /* Held-out scene k of the demo world as a PNG in the data dir; phrase = "colour shape" of its
  * first object; gt = the inclusive pixel corners (x0, y0, x1, y1) of every object the phrase names,

@@ -123,6 +123,26 @@ TEST(trainloop_resume_bit_identical) {
     CHECK_EQ_INT(r3.n, 4);
     CHECK(same_model(a, b, true));
     for (int i = 0; i < 4 && r3.n == 4; i++) CHECK(r1.loss[4 + i] == r3.loss[i]);
+    /* resuming the finished checkpoint runs no step and still exports it (to a new checkpoint
+     * path too): the export holds the trained parameters */
+    char e[4096], ec[4096];
+    snprintf(e, sizeof e, "%s/tl_done.gguf", test_data_dir());
+    snprintf(ec, sizeof ec, "%s/tl_done.ckpt", test_data_dir());
+    remove(ec);
+    tl_params q2 = tiny_params();
+    q2.resume_path = b;
+    q2.ckpt_path = ec;
+    q2.out_path = e;
+    recorder r4 = {0};
+    CHECK_MSG(tl_train(&q2, record, &r4, err, sizeof err) == MG_OK, "%s", err);
+    CHECK_EQ_INT(r4.n, 0);
+    CHECK(same_model(b, ec, true));
+    gguf_file *gf = NULL;
+    CHECK_MSG(gguf_open(&gf, e, err, sizeof err) == MG_OK, "%s", err);
+    if (gf) {
+        CHECK(gguf_find_tensor(gf, "mm.proj.weight") != NULL);
+        gguf_close(gf);
+    }
     /* and a run with another seed differs (the comparison can fail) */
     char c[4096];
     snprintf(c, sizeof c, "%s/tl_seed.ckpt", test_data_dir());
@@ -313,8 +333,7 @@ TEST(demo_model_refer) {
     world_example *ex = malloc(sizeof *ex * WORLD_MAX_EXAMPLES);
     int asked = 0, hits = 0;
     world_opts wo; /* the demo model's world (its last curriculum stage, scripts/train_demo.sh) */
-    CHECK(world_opts_parse("objects=1-3,bg=plain,shapes=circle+square+triangle+star+diamond+cross,"
-                           "sizes=medium+large", &wo, err, sizeof err) == MG_OK);
+    CHECK(world_opts_parse(WORLD_DEMO_SCENE, &wo, err, sizeof err) == MG_OK);
     for (uint64_t k = 0; vl && smp && ex && asked < 10 && k < 40; k++) {
         world_scene sc;
         int n = 0;
