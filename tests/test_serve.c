@@ -527,8 +527,6 @@ static const char *demo_model(void) {
     return e && *e ? e : "models/demo.gguf";
 }
 #define DEMO_MODEL demo_model()
-/* the world of the shipped model's last curriculum stage: its held-out scenes */
-#define DEMO_SCENE WORLD_DEMO_SCENE
 
 /* Held-out scene k of the demo world as a PNG in the data dir; phrase = "colour shape" of its
  * first object; gt = the inclusive pixel corners (x0, y0, x1, y1) of every object the phrase names,
@@ -537,7 +535,7 @@ static int demo_scene_png(uint64_t k, char *png, size_t png_len, char *phrase, s
     world_opts o;
     world_scene sc;
     char err[256], name[64];
-    if (world_opts_parse(DEMO_SCENE, &o, err, sizeof err) != MG_OK) return -1;
+    if (world_opts_parse(WORLD_DEMO_SCENE, &o, err, sizeof err) != MG_OK) return -1;
     if (world_scene_generate_opts(&sc, 7, k, 96, true, &o, err, sizeof err) != MG_OK) return -1;
     snprintf(name, sizeof name, "demo_scene_%d.png", (int)k);
     dpath(png, png_len, name);
