@@ -11,6 +11,9 @@
  * cycle through copies of the weights larger than the last-level cache. Wall times suffer from
  * other processes on a busy machine; "cpu(thread 0)" is the calling thread's CPU time, which
  * does not (with 2 threads it includes thread 0 spinning while it waits for the other).
+ * Environment knobs for kernel experiments: KB_COPIES=N cycles through N copies of the weights
+ * (KB_COPIES=1 keeps a small decode case in cache, to time compute alone), KB_OFFSET=B places the
+ * weights B bytes past a cache-line boundary.
  */
 #include "kernels.h"
 #include "quant.h"
@@ -83,8 +86,12 @@ static bool run_case(mg_pool *pool, int nthreads, int reps, const char *tname, i
     /* Decode streams the whole model from DRAM: cycle through enough copies of W that they
      * cannot stay in the last-level cache (the weights of a real 7B model are 4-7 GB). */
     const size_t wbytes = rs * (size_t)N;
-    const int copies = M <= 4 ? (int)MG_MIN((size_t)64, ((size_t)256 << 20) / wbytes + 1) : 1;
-    char *w = mg_malloc_aligned(wbytes * (size_t)copies);
+    int copies = M <= 4 ? (int)MG_MIN((size_t)64, ((size_t)256 << 20) / wbytes + 1) : 1;
+    const char *env_copies = getenv("KB_COPIES"); /* KB_COPIES=1: weights stay in cache */
+    if (env_copies && atoi(env_copies) >= 1) copies = atoi(env_copies);
+    const char *env_off = getenv("KB_OFFSET"); /* KB_OFFSET=32: weights 32 bytes off a line */
+    const size_t woff = env_off ? (size_t)atoi(env_off) : 0;
+    char *w_alloc = mg_malloc_aligned(wbytes * (size_t)copies + woff), *w = w_alloc + woff;
     float *x = mg_malloc_aligned((size_t)(M * K) * sizeof(float));
     float *y = mg_malloc_aligned((size_t)(M * N) * sizeof(float));
     float *yr = malloc((size_t)N * sizeof(float));
@@ -142,7 +149,7 @@ static bool run_case(mg_pool *pool, int nthreads, int reps, const char *tname, i
     fflush(stdout);
     free(t);
     free(tc);
-    mg_free_aligned(w);
+    mg_free_aligned(w_alloc);
     mg_free_aligned(x);
     mg_free_aligned(y);
     free(yr);

@@ -175,9 +175,13 @@ typedef struct {
     const float *kc; /* [n_ctx, kv_dim] of this layer */
     const float *vc; /* [n_ctx, kv_dim] of this layer */
     int pos0;        /* position of row 0 of the chunk */
+    int M;           /* rows in the chunk */
 } attn_ctx;
 
-/* Causal attention for items [i0, i1) of (row, head) pairs: softmax(q k^T / sqrt(hd)) v. */
+/* Causal attention for items [i0, i1) of (head, row) pairs, head-major: softmax(q k^T / sqrt(hd)) v.
+ * Head-major keeps one head's keys and values (n_kv x head_dim each) in L2 over consecutive rows,
+ * and gives every thread's contiguous range of items the same mix of short (early) and long
+ * (late) rows; row-major ranges gave the last thread most of the causal work. */
 static void attn_task(void *vctx, int64_t i0, int64_t i1, int ith) {
     const attn_ctx *a = vctx;
     const mg_session *s = a->s;
@@ -187,7 +191,7 @@ static void attn_task(void *vctx, int64_t i0, int64_t i1, int ith) {
     const float scale = 1.0f / sqrtf((float)hd);
     float *sc = s->scores + (size_t)ith * s->n_ctx;
     for (int64_t it = i0; it < i1; it++) {
-        const int r = (int)(it / hp->n_head), h = (int)(it % hp->n_head);
+        const int h = (int)(it / a->M), r = (int)(it % a->M);
         const int n_kv = a->pos0 + r + 1; /* causal: keys 0..pos */
         const size_t koff = (size_t)(h / n_rep) * hd;
         const float *qv = s->q + (size_t)r * q_dim + (size_t)h * hd;
@@ -221,7 +225,7 @@ static void forward_chunk(mg_session *s, int M, bool want_logits) {
             rope_row(s, s->q + r * q_dim, hp->n_head, pos0 + r);
             rope_row(s, kc + (size_t)(pos0 + r) * kv_dim, hp->n_head_kv, pos0 + r);
         }
-        attn_ctx ac = {s, kc, vc, pos0};
+        attn_ctx ac = {s, kc, vc, pos0, M};
         mg_pool_run(s->model->pool, (int64_t)M * hp->n_head, 1, attn_task, &ac);
         matmul(s, s->xn, s->att, &L->wo, M);
         mg_vec_add(s->x, s->xn, M * d);

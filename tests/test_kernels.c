@@ -309,6 +309,48 @@ TEST(kernels_matmul_thread_invariant) {
     }
 }
 
+/* The many-row path of the quantized kernels walks the weights in blocks of about 512 KiB
+ * (QBLOCK_BYTES in kernels_avx512.c): with K = 8192 a block is 64 (Q8_0) or 112 (Q4_0) rows, so
+ * N = 250 crosses several blocks and ends in a short one. Every row of an M = 6 call must equal
+ * the same row computed alone (M = 1, the decode path) bit for bit, and the reference within
+ * tolerance. */
+TEST(kernels_matmul_weight_blocks) {
+    static const int qtypes[] = {MG_TYPE_Q8_0, MG_TYPE_Q4_0};
+    for (size_t t = 0; t < 2; t++) {
+        const int type = qtypes[t];
+        const int64_t M = 6, N = 250, K = 8192;
+        mm_case c;
+        if (!mm_case_make(&c, type, M, N, K, 555 + t)) {
+            CHECK_MSG(0, "out of memory");
+            mm_case_free(&c);
+            return;
+        }
+        float *y = malloc((size_t)(M * N) * sizeof(float)), *y1 = malloc((size_t)N * sizeof(float));
+        void *work = malloc(mg_matmul_work_size(type, M, K));
+        mg_pool *p = NULL;
+        CHECK(mg_pool_create(&p, 2) == MG_OK);
+        if (y && y1 && work) {
+            mg_matmul(p, NULL, y, c.x, c.w, type, M, N, K, work);
+            int diff = 0;
+            for (int64_t m = 0; m < M; m++) {
+                mg_matmul(p, NULL, y1, c.x + m * K, c.w, type, 1, N, K, work);
+                diff += memcmp(y1, y + m * N, (size_t)N * sizeof(float)) != 0;
+            }
+            CHECK_MSG(diff == 0, "%s: %d of %d rows differ between M=%d and M=1", mg_type_name(type), diff,
+                      (int)M, (int)M);
+            double max_rel = 0;
+            CHECK_EQ_INT(mm_compare(y, &c, M, N, K, &max_rel), 0);
+        } else {
+            CHECK_MSG(0, "out of memory");
+        }
+        mg_pool_free(p);
+        free(y);
+        free(y1);
+        free(work);
+        mm_case_free(&c);
+    }
+}
+
 /* The one-row (decode) path of the quantized kernels, which streams several weight rows at a
  * time with its own loop: for every SIMD table, on block counts with and without a short last
  * group of 4 blocks (K/32 = 1, 3, 4, 5, 7, 129), row counts around the rows-in-flight tile,
