@@ -309,6 +309,52 @@ TEST(kernels_matmul_thread_invariant) {
     }
 }
 
+/* The one-row (decode) path of the float kernels (F32, F16, BF16), which streams several weight
+ * rows side by side with prefetches: for every SIMD table, on K with and without a 16-lane tail
+ * and row counts around the rows in flight, a one-row call cut into ranges off the tile grid
+ * must give the bits of the same row inside a 3-row call (the general tile) and stay within the
+ * matmul tolerance. */
+TEST(kernels_matmul_gemv_rows_float) {
+    static const int64_t Ks[] = {1, 15, 16, 17, 100, 1031};
+    static const int64_t Ns[] = {1, 7, 8, 9, 17, 23};
+    static const int ftypes[] = {MG_TYPE_F32, MG_TYPE_F16, MG_TYPE_BF16};
+    for (size_t kt = 0; kt < sizeof Ks / sizeof Ks[0]; kt++)
+        for (size_t nt = 0; nt < sizeof Ns / sizeof Ns[0]; nt++)
+            for (size_t t = 0; t < 3; t++) {
+                const int type = ftypes[t];
+                const int64_t M = 3, N = Ns[nt], K = Ks[kt];
+                mm_case c;
+                if (!mm_case_make(&c, type, M, N, K, 8000 + kt * 100 + nt * 10 + t)) {
+                    CHECK_MSG(0, "out of memory");
+                    mm_case_free(&c);
+                    return;
+                }
+                float *y3 = malloc((size_t)(M * N) * sizeof(float)), *y1 = malloc((size_t)N * sizeof(float));
+                for (int which = 1; which < 3 && y3 && y1; which++) {
+                    bool have;
+                    mg_kernel_table tb = table_for(which, &have);
+                    if (!have) continue;
+                    mg_mm_fn fn = type == MG_TYPE_F32 ? tb.mm_f32 : type == MG_TYPE_F16 ? tb.mm_f16 : tb.mm_bf16;
+                    mg_mm_args a3 = {y3, c.x, NULL, 0, c.w, type, M, N, K};
+                    fn(&a3, 0, N);
+                    mg_mm_args a1 = {y1, c.x + K, NULL, 0, c.w, type, 1, N, K};
+                    const int64_t cut1 = N / 3, cut2 = N - N / 4;
+                    fn(&a1, 0, cut1);
+                    fn(&a1, cut1, cut2);
+                    fn(&a1, cut2, N);
+                    CHECK_MSG(memcmp(y1, y3 + N, (size_t)N * sizeof(float)) == 0,
+                              "%s %s K=%lld N=%lld: one-row call differs from row 1 of 3",
+                              which == 1 ? "avx2" : "avx512", mg_type_name(type), (long long)K, (long long)N);
+                    mm_case row1 = {c.w, c.x + K, c.ref + N, c.mag + N};
+                    double max_rel = 0;
+                    CHECK_EQ_INT(mm_compare(y1, &row1, 1, N, K, &max_rel), 0);
+                }
+                free(y3);
+                free(y1);
+                mm_case_free(&c);
+            }
+}
+
 /* The many-row path of the quantized kernels walks the weights in blocks of about 512 KiB
  * (QBLOCK_BYTES in kernels_avx512.c): with K = 8192 a block is 64 (Q8_0) or 112 (Q4_0) rows, so
  * N = 250 crosses several blocks and ends in a short one. Every row of an M = 6 call must equal
