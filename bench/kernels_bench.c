@@ -4,10 +4,12 @@
  * docs/numerics.md tolerance), then timed over several repetitions; min and median are printed
  * as GFLOP/s and as GB/s of weights streamed. Not a test: timings depend on the machine's load.
  *
- *     build/kernels_bench [-t threads] [-r reps] [type M N K]... | attn
+ *     build/kernels_bench [-t threads] [-r reps] [type M N K]... | attn | peak
  *
  * Without shape arguments it runs the standard list (LLaMA-7B decode and prefill, EVA ViT-g);
- * "attn" times the attention loops of one decode step and the elementwise ops. Decode cases
+ * "attn" times the attention loops of one decode step and the elementwise ops; "peak" measures
+ * the fp32 FMA peak (12 independent FMA chains per thread, all threads at once), the yardstick of
+ * the compute-bound figures in docs/PERFORMANCE.md. Decode cases
  * cycle through copies of the weights larger than the last-level cache. Wall times suffer from
  * other processes on a busy machine; "cpu(thread 0)" is the calling thread's CPU time, which
  * does not (with 2 threads it includes thread 0 spinning while it waits for the other).
@@ -219,13 +221,98 @@ static void run_ops(int reps, int64_t n) {
     free(w);
 }
 
+/* ==== fp32 FMA peak ==== */
+
+/* 12 independent FMA chains of 16 (AVX-512) or 8 (AVX2) lanes, n iterations; returns FLOPs. */
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define PEAK_CHAINS 12
+__attribute__((target("avx512f"))) static double fma_loop_512(long n, float *sink) {
+    __m512 a[PEAK_CHAINS];
+    for (int j = 0; j < PEAK_CHAINS; j++) a[j] = _mm512_set1_ps((float)j);
+    const __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
+    for (long i = 0; i < n; i++) {
+        _Pragma("GCC unroll 12") for (int j = 0; j < PEAK_CHAINS; j++) a[j] = _mm512_fmadd_ps(a[j], x, y);
+    }
+    float r = 0;
+    for (int j = 0; j < PEAK_CHAINS; j++) r += _mm512_reduce_add_ps(a[j]);
+    *sink = r;
+    return 2.0 * 16 * PEAK_CHAINS * (double)n;
+}
+__attribute__((target("avx2,fma"))) static double fma_loop_256(long n, float *sink) {
+    __m256 a[PEAK_CHAINS];
+    for (int j = 0; j < PEAK_CHAINS; j++) a[j] = _mm256_set1_ps((float)j);
+    const __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
+    for (long i = 0; i < n; i++) {
+        _Pragma("GCC unroll 12") for (int j = 0; j < PEAK_CHAINS; j++) a[j] = _mm256_fmadd_ps(a[j], x, y);
+    }
+    float r = 0, t[8];
+    for (int j = 0; j < PEAK_CHAINS; j++) {
+        _mm256_storeu_ps(t, a[j]);
+        for (int l = 0; l < 8; l++) r += t[l];
+    }
+    *sink = r;
+    return 2.0 * 8 * PEAK_CHAINS * (double)n;
+}
+#endif
+
+typedef struct {
+    long n;
+    bool wide;
+    double flop[64];
+    float sink[64];
+} peak_ctx;
+
+static void peak_task(void *vctx, int64_t i0, int64_t i1, int ith) {
+    peak_ctx *c = vctx;
+    for (int64_t i = i0; i < i1; i++) {
+#if defined(__x86_64__)
+        c->flop[i] = c->wide ? fma_loop_512(c->n, &c->sink[i]) : fma_loop_256(c->n, &c->sink[i]);
+#else
+        c->flop[i] = 0;
+#endif
+    }
+    (void)ith;
+}
+
+/* Every thread runs the FMA loop at once; the peak is the total FLOPs over the wall time. */
+static void run_peak(mg_pool *pool, int nthreads, int reps) {
+#if defined(__x86_64__)
+    const bool wide = __builtin_cpu_supports("avx512f");
+    if (!wide && !__builtin_cpu_supports("fma")) {
+        printf("peak: no FMA on this CPU\n");
+        return;
+    }
+    if (nthreads > 64) nthreads = 64;
+    peak_ctx c = {.n = 20000000, .wide = wide};
+    double best = 0, *g = malloc((size_t)reps * sizeof(double));
+    for (int r = 0; r < reps && g; r++) {
+        int64_t t0 = mg_time_us();
+        mg_pool_run(pool, nthreads, 1, peak_task, &c);
+        double dt = (double)(mg_time_us() - t0) * 1e-6, flop = 0;
+        for (int i = 0; i < nthreads; i++) flop += c.flop[i];
+        g[r] = flop / dt * 1e-9;
+        if (g[r] > best) best = g[r];
+    }
+    if (g) {
+        qsort(g, (size_t)reps, sizeof *g, cmp_double);
+        printf("fp32 FMA peak (%s, %d threads, 12 chains): best %.1f GFLOP/s, median %.1f GFLOP/s\n",
+               wide ? "avx512" : "avx2", nthreads, best, g[reps / 2]);
+    }
+    free(g);
+#else
+    (void)pool, (void)nthreads, (void)reps;
+    printf("peak: x86-64 only\n");
+#endif
+}
+
 int main(int argc, char **argv) {
     int nthreads = 2, reps = 10, a = 1;
     for (; a < argc && argv[a][0] == '-'; a++) {
         if (strcmp(argv[a], "-t") == 0 && a + 1 < argc) nthreads = atoi(argv[++a]);
         else if (strcmp(argv[a], "-r") == 0 && a + 1 < argc) reps = atoi(argv[++a]);
         else {
-            fprintf(stderr, "usage: %s [-t threads] [-r reps] [type M N K]...\n", argv[0]);
+            fprintf(stderr, "usage: %s [-t threads] [-r reps] [type M N K]... | attn | peak\n", argv[0]);
             return 2;
         }
     }
@@ -234,7 +321,9 @@ int main(int argc, char **argv) {
     if (mg_pool_create(&pool, nthreads) != MG_OK) return 1;
     printf("kernels: %s, %d threads, %d reps\n", mg_kernels_isa(), nthreads, reps);
     bool ok = true;
-    if (a < argc && strcmp(argv[a], "attn") == 0) {
+    if (a < argc && strcmp(argv[a], "peak") == 0) {
+        run_peak(pool, nthreads, reps);
+    } else if (a < argc && strcmp(argv[a], "attn") == 0) {
         run_attn(reps, 2048, 128, 32);
         run_attn(reps, 257, 88, 16);
         run_ops(reps, 1 << 16);
