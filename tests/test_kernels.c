@@ -309,6 +309,27 @@ TEST(kernels_matmul_thread_invariant) {
     }
 }
 
+/* Runs fn on the 3 rows of c (xq: those rows quantized to Q8_0, xs bytes apart; NULL for float
+ * weights) and on row 1 alone in three ranges whose edges are off any tile grid: the one-row
+ * call must give the bits of row 1 of the 3-row call (the general tile) and stay within the
+ * matmul tolerance. */
+static void check_row1_of_3(mg_mm_fn fn, const mm_case *c, int type, int64_t N, int64_t K, const char *xq,
+                            size_t xs, float *y3, float *y1, const char *isa) {
+    mg_mm_args a3 = {y3, c->x, xq, xs, c->w, type, 3, N, K};
+    fn(&a3, 0, N);
+    mg_mm_args a1 = {y1, c->x + K, xq ? xq + xs : NULL, xs, c->w, type, 1, N, K};
+    const int64_t cut1 = N / 3, cut2 = N - N / 4;
+    fn(&a1, 0, cut1);
+    fn(&a1, cut1, cut2);
+    fn(&a1, cut2, N);
+    CHECK_MSG(memcmp(y1, y3 + N, (size_t)N * sizeof(float)) == 0,
+              "%s %s K=%lld N=%lld: one-row call differs from row 1 of 3", isa, mg_type_name(type),
+              (long long)K, (long long)N);
+    mm_case row1 = {c->w, c->x + K, c->ref + N, c->mag + N};
+    double max_rel = 0;
+    CHECK_EQ_INT(mm_compare(y1, &row1, 1, N, K, &max_rel), 0);
+}
+
 /* The one-row (decode) path of the float kernels (F32, F16, BF16), which streams several weight
  * rows side by side with prefetches: for every SIMD table, on K with and without a 16-lane tail
  * and row counts around the rows in flight, a one-row call cut into ranges off the tile grid
@@ -335,19 +356,7 @@ TEST(kernels_matmul_gemv_rows_float) {
                     mg_kernel_table tb = table_for(which, &have);
                     if (!have) continue;
                     mg_mm_fn fn = type == MG_TYPE_F32 ? tb.mm_f32 : type == MG_TYPE_F16 ? tb.mm_f16 : tb.mm_bf16;
-                    mg_mm_args a3 = {y3, c.x, NULL, 0, c.w, type, M, N, K};
-                    fn(&a3, 0, N);
-                    mg_mm_args a1 = {y1, c.x + K, NULL, 0, c.w, type, 1, N, K};
-                    const int64_t cut1 = N / 3, cut2 = N - N / 4;
-                    fn(&a1, 0, cut1);
-                    fn(&a1, cut1, cut2);
-                    fn(&a1, cut2, N);
-                    CHECK_MSG(memcmp(y1, y3 + N, (size_t)N * sizeof(float)) == 0,
-                              "%s %s K=%lld N=%lld: one-row call differs from row 1 of 3",
-                              which == 1 ? "avx2" : "avx512", mg_type_name(type), (long long)K, (long long)N);
-                    mm_case row1 = {c.w, c.x + K, c.ref + N, c.mag + N};
-                    double max_rel = 0;
-                    CHECK_EQ_INT(mm_compare(y1, &row1, 1, N, K, &max_rel), 0);
+                    check_row1_of_3(fn, &c, type, N, K, NULL, 0, y3, y1, which == 1 ? "avx2" : "avx512");
                 }
                 free(y3);
                 free(y1);
@@ -427,20 +436,7 @@ TEST(kernels_matmul_gemv_rows) {
                     if (!have) continue;
                     for (int64_t m = 0; m < M; m++) tb.quantize_q8_0(c.x + m * K, (char *)work + (size_t)m * xs, K);
                     mg_mm_fn fn = type == MG_TYPE_Q8_0 ? tb.mm_q8_0 : tb.mm_q4_0;
-                    mg_mm_args a3 = {y3, c.x, work, xs, c.w, type, M, N, K};
-                    fn(&a3, 0, N);
-                    /* row 1 alone, in three ranges whose edges are off any tile grid */
-                    mg_mm_args a1 = {y1, c.x + K, (char *)work + xs, xs, c.w, type, 1, N, K};
-                    const int64_t cut1 = N / 3, cut2 = N - N / 4;
-                    fn(&a1, 0, cut1);
-                    fn(&a1, cut1, cut2);
-                    fn(&a1, cut2, N);
-                    CHECK_MSG(memcmp(y1, y3 + N, (size_t)N * sizeof(float)) == 0,
-                              "%s %s K=%lld N=%lld: one-row call differs from row 1 of 3",
-                              which == 1 ? "avx2" : "avx512", mg_type_name(type), (long long)K, (long long)N);
-                    mm_case row1 = {c.w, c.x + K, c.ref + N, c.mag + N};
-                    double max_rel = 0;
-                    CHECK_EQ_INT(mm_compare(y1, &row1, 1, N, K, &max_rel), 0);
+                    check_row1_of_3(fn, &c, type, N, K, work, xs, y3, y1, which == 1 ? "avx2" : "avx512");
                 }
                 free(y3);
                 free(y1);
