@@ -153,12 +153,8 @@ FLOAT_MM(mm_bf16_tiles, tile_bf16)
  * of the tile above (16-lane FMA over k with the same masked tail, the same final reduce), so
  * the outputs are bit-identical to the many-row path. The tile path keeps only 4 rows' worth of
  * loads in flight and no prefetch: F16 decode of LLaMA-7B streamed its weights at 18 GB/s. */
-#ifndef FGEMV_R
-#define FGEMV_R 8
-#endif
-#ifndef FGEMV_PF
+#define FGEMV_R 8 /* 4 to 16 rows and 1-4 KiB ahead measured within the run-to-run spread */
 #define FGEMV_PF 2048
-#endif
 
 #define FLOAT_GEMV(NAME, LOADW, ESIZE)                                                             \
     static inline __attribute__((always_inline)) void NAME##_rows(                                \
