@@ -309,25 +309,48 @@ TEST(kernels_matmul_thread_invariant) {
     }
 }
 
-/* Runs fn on the 3 rows of c (xq: those rows quantized to Q8_0, xs bytes apart; NULL for float
- * weights) and on row 1 alone in three ranges whose edges are off any tile grid: the one-row
- * call must give the bits of row 1 of the 3-row call (the general tile) and stay within the
- * matmul tolerance. */
-static void check_row1_of_3(mg_mm_fn fn, const mm_case *c, int type, int64_t N, int64_t K, const char *xq,
-                            size_t xs, float *y3, float *y1, const char *isa) {
-    mg_mm_args a3 = {y3, c->x, xq, xs, c->w, type, 3, N, K};
-    fn(&a3, 0, N);
-    mg_mm_args a1 = {y1, c->x + K, xq ? xq + xs : NULL, xs, c->w, type, 1, N, K};
-    const int64_t cut1 = N / 3, cut2 = N - N / 4;
-    fn(&a1, 0, cut1);
-    fn(&a1, cut1, cut2);
-    fn(&a1, cut2, N);
-    CHECK_MSG(memcmp(y1, y3 + N, (size_t)N * sizeof(float)) == 0,
-              "%s %s K=%lld N=%lld: one-row call differs from row 1 of 3", isa, mg_type_name(type),
-              (long long)K, (long long)N);
-    mm_case row1 = {c->w, c->x + K, c->ref + N, c->mag + N};
-    double max_rel = 0;
-    CHECK_EQ_INT(mm_compare(y1, &row1, 1, N, K, &max_rel), 0);
+/* For every SIMD table: runs the weight type's kernel on the 3 rows of a random case and on row 1
+ * alone in three ranges whose edges are off any tile grid; the one-row call must give the bits of
+ * row 1 of the 3-row call (the general tile) and stay within the matmul tolerance. Quantized
+ * weights get their activations quantized by the table's own quantizer. False when out of memory. */
+static bool check_row1_of_3(int type, int64_t N, int64_t K, uint64_t seed) {
+    const int64_t M = 3;
+    const bool quant = type == MG_TYPE_Q8_0 || type == MG_TYPE_Q4_0;
+    const size_t xs = quant ? mg_row_size(MG_TYPE_Q8_0, K) : 0;
+    mm_case c;
+    bool ok = mm_case_make(&c, type, M, N, K, seed);
+    float *y3 = malloc((size_t)(M * N) * sizeof(float)), *y1 = malloc((size_t)N * sizeof(float));
+    char *xq = quant ? malloc(xs * (size_t)M) : NULL;
+    ok = ok && y3 && y1 && (!quant || xq);
+    for (int which = 1; which < 3 && ok; which++) {
+        bool have;
+        mg_kernel_table tb = table_for(which, &have);
+        if (!have) continue;
+        for (int64_t m = 0; quant && m < M; m++) tb.quantize_q8_0(c.x + m * K, xq + (size_t)m * xs, K);
+        mg_mm_fn fn = type == MG_TYPE_F32    ? tb.mm_f32
+                      : type == MG_TYPE_F16  ? tb.mm_f16
+                      : type == MG_TYPE_BF16 ? tb.mm_bf16
+                      : type == MG_TYPE_Q8_0 ? tb.mm_q8_0
+                                             : tb.mm_q4_0;
+        mg_mm_args a3 = {y3, c.x, xq, xs, c.w, type, M, N, K};
+        fn(&a3, 0, N);
+        mg_mm_args a1 = {y1, c.x + K, quant ? xq + xs : NULL, xs, c.w, type, 1, N, K};
+        const int64_t cut1 = N / 3, cut2 = N - N / 4;
+        fn(&a1, 0, cut1);
+        fn(&a1, cut1, cut2);
+        fn(&a1, cut2, N);
+        CHECK_MSG(memcmp(y1, y3 + N, (size_t)N * sizeof(float)) == 0,
+                  "%s %s K=%lld N=%lld: one-row call differs from row 1 of 3", which == 1 ? "avx2" : "avx512",
+                  mg_type_name(type), (long long)K, (long long)N);
+        mm_case row1 = {c.w, c.x + K, c.ref + N, c.mag + N};
+        double max_rel = 0;
+        CHECK_EQ_INT(mm_compare(y1, &row1, 1, N, K, &max_rel), 0);
+    }
+    free(y3);
+    free(y1);
+    free(xq);
+    mm_case_free(&c);
+    return ok;
 }
 
 /* The one-row (decode) path of the float kernels (F32, F16, BF16), which streams several weight
@@ -341,27 +364,11 @@ TEST(kernels_matmul_gemv_rows_float) {
     static const int ftypes[] = {MG_TYPE_F32, MG_TYPE_F16, MG_TYPE_BF16};
     for (size_t kt = 0; kt < sizeof Ks / sizeof Ks[0]; kt++)
         for (size_t nt = 0; nt < sizeof Ns / sizeof Ns[0]; nt++)
-            for (size_t t = 0; t < 3; t++) {
-                const int type = ftypes[t];
-                const int64_t M = 3, N = Ns[nt], K = Ks[kt];
-                mm_case c;
-                if (!mm_case_make(&c, type, M, N, K, 8000 + kt * 100 + nt * 10 + t)) {
+            for (size_t t = 0; t < 3; t++)
+                if (!check_row1_of_3(ftypes[t], Ns[nt], Ks[kt], 8000 + kt * 100 + nt * 10 + t)) {
                     CHECK_MSG(0, "out of memory");
-                    mm_case_free(&c);
                     return;
                 }
-                float *y3 = malloc((size_t)(M * N) * sizeof(float)), *y1 = malloc((size_t)N * sizeof(float));
-                for (int which = 1; which < 3 && y3 && y1; which++) {
-                    bool have;
-                    mg_kernel_table tb = table_for(which, &have);
-                    if (!have) continue;
-                    mg_mm_fn fn = type == MG_TYPE_F32 ? tb.mm_f32 : type == MG_TYPE_F16 ? tb.mm_f16 : tb.mm_bf16;
-                    check_row1_of_3(fn, &c, type, N, K, NULL, 0, y3, y1, which == 1 ? "avx2" : "avx512");
-                }
-                free(y3);
-                free(y1);
-                mm_case_free(&c);
-            }
 }
 
 /* The many-row path of the quantized kernels walks the weights in blocks of about 512 KiB
@@ -416,35 +423,13 @@ TEST(kernels_matmul_gemv_rows) {
     static const int64_t Ks[] = {32, 96, 128, 160, 224, 4128};
     static const int64_t Ns[] = {1, 5, 8, 9, 17, 23, 61};
     static const int qtypes[] = {MG_TYPE_Q8_0, MG_TYPE_Q4_0};
-    for (size_t kt = 0; kt < sizeof Ks / sizeof Ks[0]; kt++) {
-        for (size_t nt = 0; nt < sizeof Ns / sizeof Ns[0]; nt++) {
-            for (size_t t = 0; t < 2; t++) {
-                const int type = qtypes[t];
-                const int64_t M = 3, N = Ns[nt], K = Ks[kt];
-                mm_case c;
-                if (!mm_case_make(&c, type, M, N, K, 7000 + kt * 100 + nt * 10 + t)) {
+    for (size_t kt = 0; kt < sizeof Ks / sizeof Ks[0]; kt++)
+        for (size_t nt = 0; nt < sizeof Ns / sizeof Ns[0]; nt++)
+            for (size_t t = 0; t < 2; t++)
+                if (!check_row1_of_3(qtypes[t], Ns[nt], Ks[kt], 7000 + kt * 100 + nt * 10 + t)) {
                     CHECK_MSG(0, "out of memory");
-                    mm_case_free(&c);
                     return;
                 }
-                const size_t xs = mg_row_size(MG_TYPE_Q8_0, K);
-                float *y3 = malloc((size_t)(M * N) * sizeof(float)), *y1 = malloc((size_t)N * sizeof(float));
-                void *work = malloc(xs * (size_t)M);
-                for (int which = 1; which < 3 && y3 && y1 && work; which++) {
-                    bool have;
-                    mg_kernel_table tb = table_for(which, &have);
-                    if (!have) continue;
-                    for (int64_t m = 0; m < M; m++) tb.quantize_q8_0(c.x + m * K, (char *)work + (size_t)m * xs, K);
-                    mg_mm_fn fn = type == MG_TYPE_Q8_0 ? tb.mm_q8_0 : tb.mm_q4_0;
-                    check_row1_of_3(fn, &c, type, N, K, work, xs, y3, y1, which == 1 ? "avx2" : "avx512");
-                }
-                free(y3);
-                free(y1);
-                free(work);
-                mm_case_free(&c);
-            }
-        }
-    }
     /* through mg_matmul with the selected path: wide enough for several chunks per thread */
     for (size_t t = 0; t < 2; t++) {
         const int type = qtypes[t];
