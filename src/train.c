@@ -53,6 +53,7 @@ typedef struct {
     float *out_norm;          /* [d] */
     float *out;               /* [V, d] */
     float *aux_w, *aux_b;     /* [C, E], [C] (aux_classes > 0) */
+    float *mask_w, *mask_b;   /* [P*P, E], [P*P] (aux_mask > 0) */
 } tr_w;
 
 /* Walks the tensors in file order. When m->tensors is NULL-counting (reg), records each one;
@@ -144,10 +145,14 @@ static void walk(walker *k, tr_w *w) {
         tensor(k, &w->aux_w, "aux.patch_cls.weight", V, true, E, c->aux_classes);
         tensor(k, &w->aux_b, "aux.patch_cls.bias", V, false, c->aux_classes, 1);
     }
+    if (c->aux_mask > 0) {
+        tensor(k, &w->mask_w, "aux.patch_mask.weight", V, true, E, c->aux_mask);
+        tensor(k, &w->mask_b, "aux.patch_mask.bias", V, false, c->aux_mask, 1);
+    }
 }
 
 static int count_tensors(const tr_config *c) {
-    return 4 + 13 * c->v_layer + 5 + 9 * c->n_layer + 2 + (c->aux_classes > 0 ? 2 : 0);
+    return 4 + 13 * c->v_layer + 5 + 9 * c->n_layer + 2 + (c->aux_classes > 0 ? 2 : 0) + (c->aux_mask > 0 ? 2 : 0);
 }
 
 /* Views of base (parameters or gradients) for the groups in mask; w->vb / w->lb must be allocated. */
@@ -183,6 +188,7 @@ typedef struct {
 struct tr_cache {
     int L;                  /* sequence rows the buffers hold */
     int L_last;             /* rows of the last example (0: none yet) */
+    bool aux_last;          /* the last forward computed the auxiliary head's logits */
     float *arena;
     vit_w *vb_p, *vb_g;     /* weight / gradient views */
     llm_w *lb_p, *lb_g;
@@ -221,6 +227,7 @@ struct tr_cache {
     float *aux_dfeat;       /* [Np, E] gradient into the ln_vision patch rows */
     uint8_t *aux_mask;      /* [Np] */
     int32_t *aux_tgt;       /* [Np] */
+    float *mask_logits, *mask_dlogits; /* [Np, P*P] */
 };
 
 /* Hands out consecutive 64-byte aligned slices of an arena (counting only when base is NULL). */
@@ -286,7 +293,10 @@ static void layout_cache(const tr_config *c, tr_cache *ch, carver *cv, int L) {
     const size_t C = (size_t)MG_MAX(c->aux_classes, 0);
     ch->aux_logits = carve(cv, Np * C);
     ch->aux_dlogits = carve(cv, Np * C);
-    ch->aux_dfeat = carve(cv, C ? Np * E : 0);
+    const size_t Mk = (size_t)MG_MAX(c->aux_mask, 0);
+    ch->aux_dfeat = carve(cv, C || Mk ? Np * E : 0);
+    ch->mask_logits = carve(cv, Np * Mk);
+    ch->mask_dlogits = carve(cv, Np * Mk);
     ch->aux_mask = (uint8_t *)carve(cv, Np);
     ch->aux_tgt = (int32_t *)carve(cv, Np);
 }
@@ -372,6 +382,9 @@ static mg_status check_config(const tr_config *c, char *err, size_t err_len) {
                       G * G / 4);
     if (c->aux_classes < 0 || c->aux_classes > 4096)
         return mg_err(err, err_len, MG_ERR_INVALID_ARG, "train: aux_classes %d not in [0, 4096]", c->aux_classes);
+    if (c->aux_mask != 0 && c->aux_mask != c->patch_size * c->patch_size)
+        return mg_err(err, err_len, MG_ERR_INVALID_ARG, "train: aux_mask %d must be 0 or patch_size^2 (%d)",
+                      c->aux_mask, c->patch_size * c->patch_size);
     return MG_OK;
 }
 
@@ -657,6 +670,10 @@ const float *tr_last_logits(const tr_model *m) {
     return m && m->cache && m->cache->L_last ? m->cache->logits : NULL;
 }
 
+const float *tr_last_aux_logits(const tr_model *m) {
+    return m && m->cache && m->cache->aux_last ? m->cache->aux_logits : NULL;
+}
+
 /* Forward (and backward) over one example with activations in ch, gradients added to grads
  * (layout of m->params), matmuls on pool (NULL: serial). */
 static mg_status fb_one(tr_model *m, tr_cache *ch, mg_pool *pool, float *grads, const tr_example *ex,
@@ -706,6 +723,7 @@ static mg_status fb_one(tr_model *m, tr_cache *ch, mg_pool *pool, float *grads, 
     if (backward) memset(ch->dlogits, 0, (size_t)(Ls * V) * sizeof(float));
     *loss = tr_cross_entropy(backward ? ch->dlogits : NULL, ch->logits, ch->targets, ch->tmask, Ls, V, scale);
     const bool aux = ex->patch_labels && ex->aux_weight > 0 && c->aux_classes > 0;
+    ch->aux_last = aux;
     if (aux) { /* auxiliary patch classification on the ln_vision rows (CLS excluded) */
         const int64_t E = c->v_embd, Np = (int64_t)n_img * 4, C = c->aux_classes;
         for (int64_t i = 0; i < Np; i++) {
@@ -720,6 +738,16 @@ static mg_status fb_one(tr_model *m, tr_cache *ch, mg_pool *pool, float *grads, 
         if (ex->aux_loss) *ex->aux_loss = al;
     } else if (ex->aux_loss) {
         *ex->aux_loss = 0.0f;
+    }
+    const bool amask = ex->patch_masks && ex->mask_weight > 0 && c->aux_mask > 0;
+    if (amask) { /* auxiliary mask head: which pixels of each patch are an object's */
+        const int64_t E = c->v_embd, Np = (int64_t)n_img * 4, Q = c->aux_mask;
+        tr_linear_fwd(pool, ch->mask_logits, ch->pln + E, W.mask_w, W.mask_b, Np, Q, E);
+        const float ml = tr_bce_logits(backward ? ch->mask_dlogits : NULL, ch->mask_logits, ex->patch_masks, Np * Q,
+                                       scale * ex->mask_weight);
+        if (ex->mask_loss) *ex->mask_loss = ml;
+    } else if (ex->mask_loss) {
+        *ex->mask_loss = 0.0f;
     }
     if (!backward) return MG_OK;
 
@@ -760,11 +788,15 @@ static mg_status fb_one(tr_model *m, tr_cache *ch, mg_pool *pool, float *grads, 
         for (int s = 0; s < L; s++)
             if (ch->ids[s] >= 0) tr_embed_bwd(D.tok, dres + s * d, &ch->ids[s], 1, d);
     const float *dfeat = NULL;
-    if (aux && D.aux_w) { /* the auxiliary head's backward, into the ln_vision patch rows */
+    if ((aux && D.aux_w) || (amask && D.mask_w)) { /* the auxiliary heads' backward, into the ln_vision patch rows */
         const int64_t E = c->v_embd, Np = (int64_t)n_img * 4;
         memset(ch->aux_dfeat, 0, (size_t)(Np * E) * sizeof(float));
-        tr_linear_bwd(pool, ch->aux_dfeat, D.aux_w, D.aux_b, ch->aux_dlogits, ch->pln + E, W.aux_w, Np,
-                      c->aux_classes, E);
+        if (aux && D.aux_w)
+            tr_linear_bwd(pool, ch->aux_dfeat, D.aux_w, D.aux_b, ch->aux_dlogits, ch->pln + E, W.aux_w, Np,
+                          c->aux_classes, E);
+        if (amask && D.mask_w)
+            tr_linear_bwd(pool, ch->aux_dfeat, D.mask_w, D.mask_b, ch->mask_dlogits, ch->pln + E, W.mask_w, Np,
+                          c->aux_mask, E);
         dfeat = ch->aux_dfeat;
     }
     if (m->train_mask & (TR_GROUP_PROJ | TR_GROUP_VISION))
@@ -1005,6 +1037,11 @@ static mg_status read_tensor(const gguf_file *f, const char *name, const tr_tens
 
 /* Opens a tr_save file. */
 mg_status tr_load(tr_model **out, const char *path, int n_threads, char *err, size_t err_len) {
+    return tr_load_with(out, path, n_threads, false, err, err_len);
+}
+
+mg_status tr_load_with(tr_model **out, const char *path, int n_threads, bool add_mask_head, char *err,
+                       size_t err_len) {
     if (!out || !path) return mg_err(err, err_len, MG_ERR_INVALID_ARG, "tr_load: NULL argument");
     *out = NULL;
     gguf_file *f;
@@ -1045,12 +1082,20 @@ mg_status tr_load(tr_model **out, const char *path, int n_threads, char *err, si
         goto done;
     }
     c.aux_classes = ta ? (int)ta->ne[1] : 0;
+    const gguf_tensor *tm = gguf_find_tensor(f, "aux.patch_mask.weight");
+    if (tm && (tm->n_dims != 2 || tm->ne[1] != (int64_t)c.patch_size * c.patch_size)) {
+        st = mg_err(err, err_len, MG_ERR_FORMAT, "train: aux.patch_mask.weight has a bad shape");
+        goto done;
+    }
+    c.aux_mask = tm || add_mask_head ? c.patch_size * c.patch_size : 0;
     tr_model *m;
     if ((st = model_alloc(&m, &c, n_threads, err, err_len))) goto done;
     for (int i = 0; i < m->n_tensors && st == MG_OK; i++) {
         const tr_tensor *t = &m->tensors[i];
         char name[80];
-        st = read_tensor(f, t->name, t, m->params + t->off, false, err, err_len);
+        /* a mask head the file lacks starts at zero (its first gradients reach the head only) */
+        const bool added = !tm && strncmp(t->name, "aux.patch_mask.", 15) == 0;
+        st = read_tensor(f, t->name, t, m->params + t->off, added, err, err_len);
         snprintf(name, sizeof name, "opt.m.%s", t->name);
         if (st == MG_OK) st = read_tensor(f, name, t, m->adam_m + t->off, true, err, err_len);
         snprintf(name, sizeof name, "opt.v.%s", t->name);

@@ -39,6 +39,10 @@ typedef struct {
     /* training only: classes of the auxiliary patch head (0: none). The head (aux.patch_cls.*,
      * vision group) classifies every ln_vision patch row; it is not part of an exported model. */
     int aux_classes;
+    /* training only: outputs of the auxiliary mask head (0: none, else patch_size^2). The head
+     * (aux.patch_mask.*, vision group) predicts, from every ln_vision patch row, which of the
+     * patch's pixels belong to an object (sigmoid, binary cross-entropy); not exported. */
+    int aux_mask;
     /* creation only (not stored): amplitude of a 2D sine-cosine initialisation of the ViT
      * position embedding (patch rows; the CLS row stays 0). 0: random like the other embeddings. */
     float pos_sincos;
@@ -97,6 +101,12 @@ typedef struct {
     const int32_t *patch_labels; /* [Np] or NULL */
     float aux_weight;
     float *aux_loss;             /* may be NULL */
+    /* optional auxiliary mask loss (model with aux_mask > 0): mask_weight * mean over patches and
+     * their pixels of the binary cross-entropy between sigmoid(mask head) and patch_masks, the
+     * share of each pixel covered by an object (0..1); its value goes to *mask_loss */
+    const float *patch_masks;    /* [Np, P*P] or NULL */
+    float mask_weight;
+    float *mask_loss;            /* may be NULL */
 } tr_example;
 
 typedef struct {
@@ -146,6 +156,9 @@ mg_status tr_forward_backward_batch(tr_model *m, const tr_example *exs, int n, b
  * image rows) and logits [*L, n_vocab]; owned by m, valid until its next call. NULL before any. */
 const float *tr_last_rows(const tr_model *m, int *L);
 const float *tr_last_logits(const tr_model *m);
+/* [Np, aux_classes] logits of the auxiliary head from the last forward, or NULL when it did not
+ * run (no head, no patch labels or aux_weight 0). */
+const float *tr_last_aux_logits(const tr_model *m);
 
 /* Learning rate at step (0-based): linear warm-up lr * (step + 1) / warmup for step < warmup,
  * then lr_min + (lr - lr_min) * (1 + cos(pi * p)) / 2 with p = (step - warmup) / (total - warmup)
@@ -169,5 +182,8 @@ void tr_step(tr_model *m, const tr_opt *o, float *lr_out, double *gnorm_out);
 mg_status tr_save(const tr_model *m, const char *path, const gguf_file *kv_src, char *err, size_t err_len);
 /* Reads a file written by tr_save (moments and step when present; else zero). */
 mg_status tr_load(tr_model **out, const char *path, int n_threads, char *err, size_t err_len);
+/* The same; add_mask_head gives a model whose file has no auxiliary mask head one (zero weights). */
+mg_status tr_load_with(tr_model **out, const char *path, int n_threads, bool add_mask_head, char *err,
+                       size_t err_len);
 
 #endif

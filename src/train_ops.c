@@ -565,3 +565,19 @@ float tr_cross_entropy(float *dlogits, const float *logits, const int32_t *targe
     }
     return (float)(total / (double)n);
 }
+
+/* Binary cross-entropy with logits; see train_ops.h. */
+float tr_bce_logits(float *dlogits, const float *logits, const float *targets, int64_t n, float scale) {
+    if (n <= 0) return 0.0f;
+    double total = 0.0;
+    const double k = (double)scale / (double)n;
+    for (int64_t i = 0; i < n; i++) {
+        const double z = logits[i], t = targets[i];
+        total += (z > 0 ? z : 0.0) - z * t + log1p(exp(-fabs(z)));
+        if (dlogits) {
+            const double sg = z >= 0 ? 1.0 / (1.0 + exp(-z)) : exp(z) / (1.0 + exp(z));
+            dlogits[i] = (float)((sg - t) * k);
+        }
+    }
+    return (float)(total / (double)n);
+}

@@ -120,4 +120,10 @@ void tr_embed_bwd(float *dtable, const float *dout, const int32_t *ids, int64_t 
 float tr_cross_entropy(float *dlogits, const float *logits, const int32_t *targets, const uint8_t *mask,
                        int64_t M, int64_t V, float scale);
 
+/* Binary cross-entropy with logits over n entries: loss = mean of
+ * -(t log sigmoid(z) + (1 - t) log(1 - sigmoid(z))) for targets t in [0, 1] (0 when n is 0),
+ * computed stably as max(z, 0) - z t + log(1 + exp(-|z|)) in double. When dlogits is not NULL,
+ * WRITES scale * d(loss)/d(z) = scale * (sigmoid(z) - t) / n into dlogits[n]. */
+float tr_bce_logits(float *dlogits, const float *logits, const float *targets, int64_t n, float scale);
+
 #endif

@@ -455,6 +455,8 @@ typedef struct {
     int32_t *plabels;      /* [slots, Np] auxiliary patch labels (when the model has the head) */
     int n_patch, patch;    /* Np and the patch size */
     float *aux_loss;       /* [slots] */
+    float *pmasks;         /* [slots, Np * P * P] auxiliary pixel masks (when the model has the head) */
+    float *mask_loss;      /* [slots] */
     int32_t *ids;
     uint8_t *mask;
     world_example *ex;     /* [WORLD_MAX_EXAMPLES] */
@@ -524,8 +526,16 @@ static mg_status data_get(tl_data *d, uint64_t c, bool eval, int slot, tr_exampl
             st = tl_encode(d->tok, d->ex[pick].instruction, d->ex[pick].answer, ids, mask, d->max_text, &n_text,
                            &img_pos, err, err_len);
             if (st == MG_OK) mg_image_to_tensor(&sc.image, NULL, NULL, image);
-            if (st == MG_OK && d->plabels)
-                st = world_patch_labels(&sc, d->patch, d->plabels + (size_t)slot * (size_t)d->n_patch, err, err_len);
+            if (st == MG_OK && d->plabels) {
+                int32_t *lab = d->plabels + (size_t)slot * (size_t)d->n_patch;
+                st = world_patch_labels(&sc, d->patch, lab, err, err_len);
+                for (int i = 0; st == MG_OK && p->aux_objects && !eval && i < d->n_patch; i++)
+                    if (lab[i] == 0) lab[i] = -1; /* background left out of the loss */
+            }
+            if (st == MG_OK && d->pmasks && !eval)
+                st = world_patch_masks(&sc, d->patch,
+                                       d->pmasks + (size_t)slot * (size_t)d->n_patch * (size_t)(d->patch * d->patch),
+                                       err, err_len);
             world_scene_free(&sc);
             if (st == MG_OK) break;
         }
@@ -540,6 +550,11 @@ static mg_status data_get(tl_data *d, uint64_t c, bool eval, int slot, tr_exampl
         out->patch_labels = d->plabels + (size_t)slot * (size_t)d->n_patch;
         out->aux_weight = p->aux_weight;
         out->aux_loss = &d->aux_loss[slot];
+    }
+    if (d->pmasks && !d->use_folder && !eval) {
+        out->patch_masks = d->pmasks + (size_t)slot * (size_t)d->n_patch * (size_t)(d->patch * d->patch);
+        out->mask_weight = p->mask_weight;
+        out->mask_loss = &d->mask_loss[slot];
     }
     return MG_OK;
 }
@@ -566,6 +581,9 @@ static mg_status make_kv(const tl_params *p, const mg_tokenizer *tok, gguf_file 
            (st = gguf_writer_set_bool(w, "trainloop.easy", p->easy)) ||
            (st = gguf_writer_set_str(w, "trainloop.scene", p->scene)) ||
            (st = gguf_writer_set_f32(w, "trainloop.aux_weight", p->aux_weight)) ||
+           /* written only when set, so files of runs without it stay as they were */
+           (p->aux_objects && (st = gguf_writer_set_bool(w, "trainloop.aux_objects", true))) ||
+           (p->mask_weight > 0 && (st = gguf_writer_set_f32(w, "trainloop.mask_weight", p->mask_weight))) ||
            (st = gguf_writer_set_str(w, "trainloop.data", p->data_dir ? p->data_dir : "")));
     size_t size = 0;
     FILE *fp = st == MG_OK ? open_memstream(buf, &size) : NULL;
@@ -611,6 +629,11 @@ static mg_status read_kv(const gguf_file *f, tl_params *p, char *err, size_t err
         p->scene[sc.len] = 0;
     }
     if ((st = gguf_get_f32_def(f, "trainloop.aux_weight", 0.0f, &p->aux_weight, err, err_len))) return st;
+    if ((st = gguf_get_f32_def(f, "trainloop.mask_weight", 0.0f, &p->mask_weight, err, err_len))) return st;
+    p->aux_objects = false;
+    if (gguf_find_kv(f, "trainloop.aux_objects") &&
+        (st = gguf_get_bool(f, "trainloop.aux_objects", &p->aux_objects, err, err_len)))
+        return st;
     const gguf_kv *arr = NULL;
     if ((st = gguf_get_arr(f, "trainloop.task_weights", GGUF_TYPE_FLOAT32, &arr, err, err_len))) return st;
     for (int t = 0; t < TL_N_TASKS && (uint64_t)t < arr->n; t++) p->task_weight[t] = (float)gguf_arr_f64(arr, (uint64_t)t);
@@ -651,7 +674,8 @@ mg_status tl_export(const char *ckpt, const char *out, char *err, size_t err_len
 /* Teacher-forced loss, token accuracy and exact answers over eval_n held-out examples. */
 static mg_status run_eval(tr_model *m, tl_data *d, tl_progress *pg, char *err, size_t err_len) {
     double sum = 0, sum_other = 0;
-    long ok_tok = 0, n_tok = 0, exact = 0;
+    long ok_tok = 0, n_tok = 0, exact = 0, obj_patch = 0, ok_color = 0, ok_shape = 0;
+    const int C = d->plabels ? m->cfg.aux_classes : 0;
     const int V = m->cfg.n_vocab;
     /* example e lives in slot e % 2; example e + 1 (built once, in the other slot) lends its image */
     tr_example ex, next;
@@ -667,9 +691,27 @@ static mg_status run_eval(tr_model *m, tl_data *d, tl_progress *pg, char *err, s
             st = tr_forward_backward(m, &sw, false, 1.0f, &loss, err, err_len);
             sum_other += loss;
         }
+        if (st == MG_OK && C > 0) { /* its own image, with the auxiliary head's patch labels */
+            ex.patch_labels = d->plabels + (size_t)(e & 1) * (size_t)d->n_patch;
+            ex.aux_weight = 1.0f;
+        }
         if (st == MG_OK) st = tr_forward_backward(m, &ex, false, 1.0f, &loss, err, err_len);
         if (st != MG_OK) return st;
         sum += loss;
+        const float *al = C > 0 ? tr_last_aux_logits(m) : NULL;
+        for (int i = 0; al && i < d->n_patch; i++) { /* object patches: colour and shape of the argmax */
+            const int32_t t = ex.patch_labels[i];
+            if (t <= 0 || t >= C) continue;
+            const float *l = al + (size_t)i * (size_t)C;
+            int best = 0;
+            for (int k = 1; k < C; k++)
+                if (l[k] > l[best]) best = k;
+            obj_patch++;
+            if (best > 0) {
+                ok_color += (best - 1) / WORLD_N_SHAPES == (t - 1) / WORLD_N_SHAPES;
+                ok_shape += (best - 1) % WORLD_N_SHAPES == (t - 1) % WORLD_N_SHAPES;
+            }
+        }
         const float *lg = tr_last_logits(m);
         bool all = true;
         for (int j = 1; j < ex.n_text; j++) {
@@ -690,6 +732,8 @@ static mg_status run_eval(tr_model *m, tl_data *d, tl_progress *pg, char *err, s
     pg->eval_tok_acc = n_tok ? (float)ok_tok / (float)n_tok : 0.0f;
     pg->eval_exact = d->p->eval_n ? (float)exact / (float)d->p->eval_n : 0.0f;
     pg->eval_image_gain = d->p->eval_n ? (float)((sum_other - sum) / d->p->eval_n) : 0.0f;
+    pg->eval_patch_color = C > 0 && obj_patch ? (float)ok_color / (float)obj_patch : -1.0f;
+    pg->eval_patch_shape = C > 0 && obj_patch ? (float)ok_shape / (float)obj_patch : -1.0f;
     return MG_OK;
 }
 
@@ -722,7 +766,7 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
             }
         }
         gguf_close(f);
-        if (st == MG_OK) st = tr_load(&m, src, p.n_threads, err, err_len);
+        if (st == MG_OK) st = tr_load_with(&m, src, p.n_threads, p.mask_weight > 0 && !d.use_folder, err, err_len);
         if (st == MG_OK && p.init_path && !p.resume_path) {
             m->step = 0;
             memset(m->adam_m, 0, (size_t)m->n_params * sizeof(float));
@@ -748,6 +792,7 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
         if (st == MG_OK) {
             p.cfg.n_vocab = mg_tokenizer_n_vocab(tok);
             p.cfg.aux_classes = p.aux_weight > 0 && !d.use_folder ? WORLD_PATCH_CLASSES : 0;
+            p.cfg.aux_mask = p.mask_weight > 0 && !d.use_folder ? p.cfg.patch_size * p.cfg.patch_size : 0;
             st = tr_model_create(&m, &p.cfg, p.seed, p.n_threads, err, err_len);
         }
     }
@@ -774,6 +819,12 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
             d.plabels = malloc(sizeof(int32_t) * (size_t)d.n_patch * slots);
             if (!d.plabels) st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
         }
+        d.mask_loss = calloc(slots, sizeof *d.mask_loss);
+        if (m->cfg.aux_mask > 0 && !d.use_folder) {
+            d.pmasks = malloc(sizeof(float) * (size_t)d.n_patch * (size_t)m->cfg.aux_mask * slots);
+            if (!d.pmasks) st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
+        }
+        if (!d.mask_loss) st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
         if (p.aux_weight > 0 && m->cfg.aux_classes != WORLD_PATCH_CLASSES && !d.use_folder)
             st = mg_err(err, err_len, MG_ERR_INVALID_ARG,
                         "--aux needs a model with the %d-class auxiliary head (a new model, or a checkpoint "
@@ -809,12 +860,14 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
         if (st == MG_OK)
             st = tr_forward_backward_batch(m, batch_ex, p.batch, true, 1.0f / (float)p.batch, batch_loss, err, err_len);
         if (st != MG_OK) break;
-        double asum = 0;
+        double asum = 0, msum = 0;
         for (int b = 0; b < p.batch; b++) {
             lsum += batch_loss[b];
             asum += batch_ex[b].aux_loss ? *batch_ex[b].aux_loss : 0.0f;
+            msum += batch_ex[b].mask_loss ? *batch_ex[b].mask_loss : 0.0f;
         }
         pg.aux_loss = (float)(asum / p.batch);
+        pg.mask_loss = (float)(msum / p.batch);
         float lr;
         double gn;
         tr_step(m, &p.opt, &lr, &gn);
@@ -873,6 +926,8 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
     free(batch_loss);
     free(d.plabels);
     free(d.aux_loss);
+    free(d.mask_loss);
+    free(d.pmasks);
     free(d.ids);
     free(d.mask);
     free(d.ex);

@@ -25,6 +25,10 @@ typedef struct {
     char scene[256];         /* world: which scenes the generator draws (world_opts_parse; "" = all) */
     float aux_weight;        /* world: weight of the auxiliary patch-classification loss (0: off). A new
                                 model gets the head when > 0; --init / --resume keep the file's head */
+    float mask_weight;       /* world: weight of the auxiliary mask loss (which pixels of each patch are an
+                                object's; 0: off). Adds the mask head to a model that lacks it */
+    bool aux_objects;        /* world: the auxiliary loss only on the patches of objects (background
+                                patches left out, so each object patch weighs more) */
     int batch;               /* examples per optimizer step (gradient accumulation) */
     int64_t steps;           /* total optimizer steps (the schedule's length) */
     tr_opt opt;              /* lr, warm-up, cosine end, AdamW, clipping (opt.total = steps) */
@@ -56,8 +60,12 @@ typedef struct {
     float eval_tok_acc;      /* TL_EV_EVAL: argmax accuracy on answer tokens, 0..1 */
     float eval_exact;        /* TL_EV_EVAL: fraction of answers entirely right under teacher forcing */
     float aux_loss;          /* TL_EV_STEP: mean auxiliary patch loss of the batch (0 when off) */
+    float mask_loss;         /* TL_EV_STEP: mean auxiliary mask loss of the batch (0 when off) */
     float eval_image_gain;   /* TL_EV_EVAL: held-out loss with another example's image minus with its own
                                 (about 0 while the model ignores the image) */
+    float eval_patch_color;  /* TL_EV_EVAL: share of object patches whose colour the auxiliary head
+                                names (-1: the model has no head) */
+    float eval_patch_shape;  /* TL_EV_EVAL: the same for the shape */
     int64_t n_params;
     int n_vocab;
     const char *path;        /* TL_EV_CKPT: where */

@@ -416,6 +416,28 @@ mg_status world_patch_labels(const world_scene *sc, int patch, int32_t *labels, 
     return MG_OK;
 }
 
+/* Per-pixel object masks by patch for the trainer's auxiliary mask head; see world.h. */
+mg_status world_patch_masks(const world_scene *sc, int patch, float *masks, char *err, size_t err_len) {
+    if (!sc || !masks || patch < 1 || sc->w % patch || sc->h % patch)
+        return mg_err(err, err_len, MG_ERR_INVALID_ARG, "world: patch size %d does not tile the scene", patch);
+    const int w = sc->w, h = sc->h, gw = w / patch;
+    uint8_t *own = malloc((size_t)w * h * NSAMP);
+    if (!own) return mg_err(err, err_len, MG_ERR_NOMEM, "world: out of memory");
+    world_scene tmp = *sc; /* render_owners writes the objects' counters: work on a copy */
+    render_owners(&tmp, own);
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+            const uint8_t *q = own + ((size_t)y * w + x) * NSAMP;
+            int n = 0;
+            for (int k = 0; k < NSAMP; k++) n += q[k] != NO_OWNER;
+            const size_t cell = (size_t)(y / patch) * (size_t)gw + (size_t)(x / patch);
+            masks[cell * (size_t)(patch * patch) + (size_t)(y % patch) * (size_t)patch + (size_t)(x % patch)] =
+                (float)n / (float)NSAMP;
+        }
+    free(own);
+    return MG_OK;
+}
+
 /* Half-open pixel box of an object; see world.h. */
 void world_object_box(const world_object *o, double box[4]) {
     box[0] = o->x0;

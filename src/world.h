@@ -59,6 +59,9 @@ typedef struct {
 /* Label of each patch x patch cell (row-major): the object covering most of the cell's samples
  * when it covers at least a quarter of them, else background. */
 mg_status world_patch_labels(const world_scene *sc, int patch, int32_t *labels, char *err, size_t err_len);
+/* Object mask of each patch x patch cell (row-major cells, each patch^2 pixels row-major): the
+ * share of the pixel's anti-aliasing samples covered by any object, 0..1. */
+mg_status world_patch_masks(const world_scene *sc, int patch, float *masks, char *err, size_t err_len);
 
 /* Name tables (static strings); NULL when out of range. */
 const char *world_shape_name(int shape);

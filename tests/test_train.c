@@ -324,6 +324,42 @@ TEST(train_ops_fd) {
     CHECK_MSG(worst <= 1e-3, "cross-entropy finite-difference err %.3g", worst);
 }
 
+/* Binary cross-entropy with logits: the closed form in double, its gradient against central
+ * differences, stability at large |z|, and scale. */
+TEST(train_bce_logits) {
+    float z[9] = {-3.0f, -0.5f, 0.0f, 0.25f, 1.5f, 4.0f, -40.0f, 40.0f, 0.7f};
+    float t[9] = {0.0f, 1.0f, 0.5f, 0.0f, 1.0f, 0.25f, 0.0f, 1.0f, 0.9f};
+    float dz[9];
+    const float l = tr_bce_logits(dz, z, t, 9, 1.0f);
+    double want = 0.0;
+    for (int i = 0; i < 9; i++) {
+        const double p = 1.0 / (1.0 + exp(-(double)z[i]));
+        /* direct form where it is representable; the saturated entries contribute about 0 */
+        const double li = fabs(z[i]) > 30 ? 0.0 : -(t[i] * log(p) + (1.0 - t[i]) * log(1.0 - p));
+        want += li;
+        CHECK(fabs(dz[i] - (p - t[i]) / 9.0) < 1e-6);
+    }
+    want /= 9.0;
+    CHECK_MSG(fabs(l - want) < 1e-5, "bce %.7f, closed form %.7f", l, want);
+    CHECK(isfinite(l));
+    double worst = 0.0;
+    for (int i = 0; i < 9; i++) {
+        if (fabs(z[i]) > 30) continue;
+        const float z0 = z[i], h = 1e-2f;
+        z[i] = z0 + h;
+        const double fp = tr_bce_logits(NULL, z, t, 9, 1.0f);
+        z[i] = z0 - h;
+        const double fm = tr_bce_logits(NULL, z, t, 9, 1.0f);
+        z[i] = z0;
+        worst = fmax(worst, fabs((fp - fm) / (2.0 * h) - dz[i]));
+    }
+    CHECK_MSG(worst <= 1e-4, "bce finite-difference err %.3g", worst);
+    float dz2[9];
+    tr_bce_logits(dz2, z, t, 9, 2.5f);
+    for (int i = 0; i < 9; i++) CHECK(fabs(dz2[i] - 2.5f * dz[i]) < 1e-6);
+    CHECK(tr_bce_logits(dz2, z, t, 0, 1.0f) == 0.0f);
+}
+
 /* ==== whole model ==== */
 
 /* A tiny model with every parameter random (norm weights near 1, biases nonzero). */
@@ -784,6 +820,77 @@ TEST(train_aux_head_fd) {
         CHECK(memcmp(g0, m->grads, (size_t)m->n_params * sizeof(float)) == 0);
         free(g0);
     }
+    tr_model_free(m);
+}
+
+/* The auxiliary mask head beside the patch head: loss = text CE + 0.7 patch CE + 0.4 mask BCE;
+ * every gradient it touches (both heads, ln_vision, the tower, the patch embedding) against
+ * central differences of that objective. */
+TEST(train_mask_head_fd) {
+    tr_config c = tr_config_tiny();
+    c.aux_classes = 7;
+    c.aux_mask = c.patch_size * c.patch_size;
+    tr_model *m = NULL;
+    char err[256];
+    CHECK(tr_model_create(&m, &c, 37, 1, err, sizeof err) == MG_OK);
+    if (!m) return;
+    uint64_t s = 91;
+    for (int64_t i = 0; i < m->n_params; i++) m->params[i] += 0.05f * test_rng_float(&s);
+    static example_buf b;
+    make_example(&b, 5);
+    const int Np = 16, Q = c.aux_mask;
+    int32_t labels[16];
+    static float masks[16 * 14 * 14];
+    for (int i = 0; i < Np; i++) labels[i] = (int32_t)(test_rng_next(&s) % 7);
+    for (int i = 0; i < Np * Q; i++) masks[i] = (float)(test_rng_next(&s) % 5) / 4.0f; /* 0, .25, .. 1 */
+    float aux = -1.0f, mk = -1.0f;
+    b.ex.patch_labels = labels;
+    b.ex.aux_weight = 0.7f;
+    b.ex.aux_loss = &aux;
+    b.ex.patch_masks = masks;
+    b.ex.mask_weight = 0.4f;
+    b.ex.mask_loss = &mk;
+    tr_zero_grad(m);
+    float loss = 0;
+    CHECK(tr_forward_backward(m, &b.ex, true, 1.0f, &loss, err, sizeof err) == MG_OK);
+    CHECK(aux > 0.5f && aux < 5.0f);
+    CHECK(mk > 0.3f && mk < 2.0f); /* about log 2 for a fresh head */
+    const char *names[] = {"aux.patch_mask.weight", "aux.patch_mask.bias", "aux.patch_cls.weight",
+                           "v.post_ln.bias", "v.blk.1.attn_out.weight", "v.patch_embd.weight"};
+    int checked = 0;
+    double worst = 0;
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        int ti = tr_find_tensor(m, names[k]);
+        CHECK(ti >= 0);
+        if (ti < 0) continue;
+        const tr_tensor *t = &m->tensors[ti];
+        for (int rep = 0; rep < 4; rep++) {
+            int64_t j = t->off + (int64_t)(test_rng_next(&s) % (uint64_t)t->n);
+            const float keep = m->params[j], h = 1e-2f;
+            float lp, lm, ap, am, mp, mm;
+            m->params[j] = keep + h;
+            b.ex.aux_loss = &ap;
+            b.ex.mask_loss = &mp;
+            tr_forward_backward(m, &b.ex, false, 1.0f, &lp, err, sizeof err);
+            m->params[j] = keep - h;
+            b.ex.aux_loss = &am;
+            b.ex.mask_loss = &mm;
+            tr_forward_backward(m, &b.ex, false, 1.0f, &lm, err, sizeof err);
+            m->params[j] = keep;
+            const double fd = ((lp + 0.7 * ap + 0.4 * mp) - (lm + 0.7 * am + 0.4 * mm)) / (2.0 * h), g = m->grads[j];
+            const double e = fabs(fd - g) / (2e-3 + fabs(fd));
+            if (e > worst) worst = e;
+            CHECK_MSG(e < 3e-2, "%s[%lld]: analytic %.6g, differences %.6g", names[k], (long long)(j - t->off), g, fd);
+            checked++;
+        }
+    }
+    printf("    %d gradients, worst relative error %.2e\n", checked, worst);
+    /* a model config whose mask head is not patch_size^2 wide is refused */
+    tr_config bad = c;
+    bad.aux_mask = 5;
+    tr_model *m2 = NULL;
+    CHECK(tr_model_create(&m2, &bad, 1, 1, err, sizeof err) == MG_ERR_INVALID_ARG);
+    tr_model_free(m2);
     tr_model_free(m);
 }
 

@@ -399,6 +399,50 @@ TEST(world_patch_labels_lone_object) {
     CHECK(found == 5);
 }
 
+/* Pixel masks by patch: 0..1, zero far from the object, the patch labels' object cells at least a
+ * quarter covered, and the covered area about the object's own. */
+TEST(world_patch_masks_lone_object) {
+    char err[256];
+    int found = 0;
+    static float mk[144 * 64];
+    for (uint64_t idx = 0; idx < 400 && found < 5; idx++) {
+        world_scene sc;
+        if (world_scene_generate(&sc, 5, idx, 96, false, err, sizeof err) != MG_OK) {
+            CHECK_MSG(0, "%s", err);
+            return;
+        }
+        const world_object *o = &sc.objects[0];
+        if (sc.n_objects != 1) {
+            world_scene_free(&sc);
+            continue;
+        }
+        found++;
+        int32_t lab[144];
+        CHECK(world_patch_labels(&sc, 8, lab, err, sizeof err) == MG_OK);
+        CHECK(world_patch_masks(&sc, 8, mk, err, sizeof err) == MG_OK);
+        double area = 0;
+        for (int i = 0; i < 144; i++) {
+            double cell = 0;
+            for (int k = 0; k < 64; k++) {
+                const float v = mk[i * 64 + k];
+                CHECK(v >= 0.0f && v <= 1.0f);
+                cell += v;
+                /* a pixel outside the tight box is not covered */
+                const int x = (i % 12) * 8 + k % 8, y = (i / 12) * 8 + k / 8;
+                if (x < o->x0 || x > o->x1 || y < o->y0 || y > o->y1) CHECK(v == 0.0f);
+            }
+            if (lab[i] > 0) CHECK(cell >= 16.0); /* labelled cells are at least a quarter covered */
+            else CHECK(cell < 16.0);
+            area += cell;
+        }
+        const double box = (double)(o->x1 + 1 - o->x0) * (double)(o->y1 + 1 - o->y0);
+        CHECK_MSG(area > 0.2 * box && area <= box, "covered %.1f px of a %.0f px box", area, box);
+        CHECK(world_patch_masks(&sc, 7, mk, err, sizeof err) == MG_ERR_INVALID_ARG);
+        world_scene_free(&sc);
+    }
+    CHECK(found == 5);
+}
+
 typedef struct {
     float aux[256];
     int n;
@@ -449,4 +493,102 @@ TEST(trainloop_aux_head) {
     q.out_path = out2;
     CHECK(tl_train(&q, NULL, NULL, err, sizeof err) == MG_ERR_INVALID_ARG);
     CHECK(strstr(err, "--aux") != NULL);
+}
+
+typedef struct {
+    float mask[256], aux[256];
+    int n;
+    int n_eval;
+    float color, shape;
+} mask_rec;
+
+static int record_mask(void *user, const tl_progress *pg) {
+    mask_rec *r = user;
+    if (pg->event == TL_EV_STEP && r->n < 256) {
+        r->mask[r->n] = pg->mask_loss;
+        r->aux[r->n++] = pg->aux_loss;
+    }
+    if (pg->event == TL_EV_EVAL) {
+        r->n_eval++;
+        r->color = pg->eval_patch_color;
+        r->shape = pg->eval_patch_shape;
+    }
+    return 0;
+}
+
+/* --aux-mask and --aux-objects: the mask head trains (its loss falls), the checkpoint keeps it
+ * and the options, the exported model drops it, a model without it gets one, --aux-objects
+ * changes the patch loss, and the evaluation reports the head's colour and shape accuracy (or
+ * -1 without a head). */
+TEST(trainloop_mask_head) {
+    char out[4096], ck[4200], ck2[4200], err[512];
+    snprintf(out, sizeof out, "%s/tl_mask.gguf", test_data_dir());
+    snprintf(ck, sizeof ck, "%s/tl_mask.ckpt", test_data_dir());
+    snprintf(ck2, sizeof ck2, "%s/tl_mask2.ckpt", test_data_dir());
+    tl_params p = tiny_params();
+    p.steps = 40;
+    p.batch = 4;
+    p.n_threads = 2;
+    p.aux_weight = 1.0f;
+    p.mask_weight = 1.0f;
+    p.aux_objects = true;
+    p.eval_every = 40;
+    p.eval_n = 6;
+    p.out_path = out;
+    p.ckpt_path = ck;
+    mask_rec r = {0};
+    mg_status st = tl_train(&p, record_mask, &r, err, sizeof err);
+    CHECK_MSG(st == MG_OK, "tl_train: %s", err);
+    if (st != MG_OK || r.n < 6) return;
+    const float first = (r.mask[0] + r.mask[1] + r.mask[2]) / 3,
+                last = (r.mask[r.n - 1] + r.mask[r.n - 2] + r.mask[r.n - 3]) / 3;
+    printf("    mask loss %.3f -> %.3f (means of 3 steps); eval patch colour %.2f shape %.2f\n", first, last,
+           r.color, r.shape);
+    CHECK(first > 0.0f && last < first * 0.85f);
+    CHECK_EQ_INT(r.n_eval, 1);
+    CHECK(r.color >= 0.0f && r.color <= 1.0f && r.shape >= 0.0f && r.shape <= 1.0f);
+    gguf_file *f = NULL;
+    CHECK(gguf_open(&f, ck, err, sizeof err) == MG_OK);
+    if (f) {
+        CHECK(gguf_find_tensor(f, "aux.patch_mask.weight") != NULL);
+        bool objs = false;
+        float w = 0;
+        CHECK(gguf_get_bool(f, "trainloop.aux_objects", &objs, err, sizeof err) == MG_OK && objs);
+        CHECK(gguf_get_f32(f, "trainloop.mask_weight", &w, err, sizeof err) == MG_OK && w == 1.0f);
+        gguf_close(f);
+    }
+    CHECK(gguf_open(&f, out, err, sizeof err) == MG_OK);
+    if (f) {
+        CHECK(gguf_find_tensor(f, "aux.patch_mask.weight") == NULL);
+        gguf_close(f);
+    }
+    /* the same first step without --aux-objects: the patch loss also counts background cells */
+    tl_params a = p;
+    a.aux_objects = false;
+    a.steps = 1;
+    a.out_path = NULL;
+    a.ckpt_path = NULL;
+    a.eval_every = 0;
+    mask_rec ra = {0};
+    CHECK(tl_train(&a, record_mask, &ra, err, sizeof err) == MG_OK);
+    CHECK(ra.n == 1 && ra.aux[0] != r.aux[0] && ra.mask[0] == r.mask[0]);
+    /* --init from the exported model (no heads) with a mask weight: the mask head is added */
+    tl_params q = tiny_params();
+    q.init_path = out;
+    q.mask_weight = 1.0f;
+    q.steps = 2;
+    q.ckpt_path = ck2;
+    q.eval_every = 2;
+    q.eval_n = 2;
+    mask_rec rq = {0};
+    st = tl_train(&q, record_mask, &rq, err, sizeof err);
+    CHECK_MSG(st == MG_OK, "tl_train --init: %s", err);
+    CHECK(rq.n == 2 && rq.mask[0] > 0.0f);
+    CHECK(rq.n_eval == 1 && rq.shape == -1.0f); /* no patch head: no patch accuracy */
+    CHECK(gguf_open(&f, ck2, err, sizeof err) == MG_OK);
+    if (f) {
+        CHECK(gguf_find_tensor(f, "aux.patch_mask.weight") != NULL);
+        CHECK(gguf_find_tensor(f, "aux.patch_cls.weight") == NULL);
+        gguf_close(f);
+    }
 }

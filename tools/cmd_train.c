@@ -41,6 +41,12 @@ static void usage(FILE *f) {
             "                    ln_vision rows; trains the vision tower directly (default 0: off).\n"
             "                    A new model gets the head; chain stages through --ckpt files\n"
             "                    (exported models drop it)\n"
+            "  --aux-mask W      world: add W x an auxiliary loss that predicts, from every\n"
+            "                    ln_vision patch row, which of the patch's pixels belong to\n"
+            "                    an object (binary cross-entropy); a model without the mask\n"
+            "                    head gets one (default 0: off)\n"
+            "  --aux-objects     world: the auxiliary loss on object patches only (background\n"
+            "                    patches left out, so each object patch weighs more)\n"
             "  --init MODEL      start from these weights and vocabulary (fresh optimizer)\n"
             "  --resume CKPT     continue a checkpoint; its stored options are used\n"
             "model shape (new models only; default = the demo model):\n"
@@ -89,15 +95,21 @@ static int progress(void *user, const tl_progress *p) {
                     p->tok_per_s, el, eta);
             ui->drawn = 1;
         } else if (p->step % ui->log_every == 0 || p->step == p->total) {
-            fprintf(stderr, "step %lld/%lld loss %.4f aux %.4f lr %.3e gnorm %.3f %.0f tok/s elapsed %s ETA %s\n",
-                    (long long)p->step, (long long)p->total, p->loss, p->aux_loss, p->lr, p->gnorm, p->tok_per_s, el,
+            fprintf(stderr, "step %lld/%lld loss %.4f aux %.4f", (long long)p->step, (long long)p->total, p->loss,
+                    p->aux_loss);
+            if (p->mask_loss > 0) fprintf(stderr, " mask %.4f", p->mask_loss);
+            fprintf(stderr, " lr %.3e gnorm %.3f %.0f tok/s elapsed %s ETA %s\n", p->lr, p->gnorm, p->tok_per_s, el,
                     eta);
         }
         break;
     case TL_EV_EVAL:
-        fprintf(stderr, "%seval step %lld: loss %.4f token acc %.1f%% exact %.1f%% image gain %.3f\n",
+        fprintf(stderr, "%seval step %lld: loss %.4f token acc %.1f%% exact %.1f%% image gain %.3f",
                 ui->drawn ? "\n" : "", (long long)p->step, p->eval_loss, 100.0 * p->eval_tok_acc,
                 100.0 * p->eval_exact, p->eval_image_gain);
+        if (p->eval_patch_shape >= 0)
+            fprintf(stderr, " patch colour %.1f%% shape %.1f%%", 100.0 * p->eval_patch_color,
+                    100.0 * p->eval_patch_shape);
+        fputc('\n', stderr);
         ui->drawn = 0;
         break;
     case TL_EV_CKPT:
@@ -178,6 +190,7 @@ int cmd_train(int argc, char **argv) {
         FLTOPT("--wd", p.opt.weight_decay)
         FLTOPT("--clip", p.opt.clip)
         FLTOPT("--aux", p.aux_weight)
+        FLTOPT("--aux-mask", p.mask_weight)
         FLTOPT("--pos-sincos", p.cfg.pos_sincos)
 #undef INTOPT
 #undef FLTOPT
@@ -199,6 +212,7 @@ int cmd_train(int argc, char **argv) {
             if (strlen(spec) >= sizeof p.scene) return cli_error("train", "--scene: spec too long");
             snprintf(p.scene, sizeof p.scene, "%s", spec);
         } else if (!strcmp(a, "--easy")) p.easy = true;
+        else if (!strcmp(a, "--aux-objects")) p.aux_objects = true;
         else if (!strcmp(a, "-q")) ui.quiet = 1;
         else {
             usage(stderr);
