@@ -103,11 +103,21 @@ static void attn_values_ref(float *o, const float *p, const float *v, int64_t st
         for (int i = 0; i < d; i++) o[i] += p[t] * v[t * stride + i];
 }
 
+/* dst[c * R + r] = src[r * C + c], in 32 x 32 tiles. */
+static void transpose_ref(float *dst, const float *src, int64_t R, int64_t C) {
+    for (int64_t r0 = 0; r0 < R; r0 += 32)
+        for (int64_t c0 = 0; c0 < C; c0 += 32) {
+            const int64_t r1 = MG_MIN(R, r0 + 32), c1 = MG_MIN(C, c0 + 32);
+            for (int64_t r = r0; r < r1; r++)
+                for (int64_t c = c0; c < c1; c++) dst[c * R + r] = src[r * C + c];
+        }
+}
+
 /* ==== dispatch ==== */
 
 static const mg_kernel_table ref_table = {
     "ref", mm_ref, mm_ref, mm_ref, mm_ref, mm_ref, quantize_q8_0_ref, attn_scores_ref, attn_values_ref,
-    mg_rmsnorm, mg_softmax, mg_silu, mg_gelu,
+    mg_rmsnorm, mg_softmax, mg_silu, mg_gelu, transpose_ref,
 };
 static mg_kernel_table sel_table;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -297,6 +307,11 @@ void mg_silu_simd(float *x, int64_t n) {
 void mg_gelu_simd(float *x, int64_t n) {
     mg_kernels_init();
     if (n > 0) sel_table.gelu(x, n);
+}
+
+void mg_transpose(float *dst, const float *src, int64_t R, int64_t C) {
+    mg_kernels_init();
+    if (R > 0 && C > 0) sel_table.transpose(dst, src, R, C);
 }
 
 /* Converts row `row` of a weight matrix [N, K] of type wtype to fp32. */

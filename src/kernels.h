@@ -51,6 +51,9 @@ void mg_rmsnorm_simd(float *out, const float *x, const float *weight, int64_t n,
 void mg_softmax_simd(float *x, int64_t n);
 void mg_silu_simd(float *x, int64_t n);
 void mg_gelu_simd(float *x, int64_t n);
+/* dst[C, R] = src[R, C]^T (dst[c * R + r] = src[r * C + c]); a pure copy, so every path gives
+ * the same bits. The AVX-512 path moves 16 x 16 tiles through registers. */
+void mg_transpose(float *dst, const float *src, int64_t R, int64_t C);
 
 /* ==== Ops (in place unless noted); all fp32 ==== */
 void mg_rmsnorm(float *out, const float *x, const float *weight, int64_t n, float eps);

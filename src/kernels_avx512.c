@@ -694,6 +694,45 @@ static void gelu(float *x, int64_t n) {
     }
 }
 
+/* dst[c * R + r] = src[r * C + c] by 16 x 16 tiles held in 16 registers. Transposing swaps bit
+ * k of the row index with bit k of the column index for k = 0..3; each stage swaps one pair:
+ * rows i (bit k clear) and i' = i | 2^k become, for column j, (j bit k clear: r_i[j], set:
+ * r_i'[j ^ 2^k]) and (clear: r_i[j | 2^k], set: r_i'[j]): one two-source permute each. Partial
+ * tiles at the edges use masked loads (zeros) and masked stores. */
+static void transpose(float *dst, const float *src, int64_t R, int64_t C) {
+    __m512i lo[4], hi[4];
+    for (int k = 0; k < 4; k++) {
+        int32_t a[16], b[16];
+        const int bk = 1 << k;
+        for (int j = 0; j < 16; j++) {
+            a[j] = (j & bk) ? 16 + (j ^ bk) : j;
+            b[j] = (j & bk) ? 16 + j : (j | bk);
+        }
+        lo[k] = _mm512_loadu_si512(a);
+        hi[k] = _mm512_loadu_si512(b);
+    }
+    for (int64_t r0 = 0; r0 < R; r0 += 16) {
+        const int nr = (int)MG_MIN(16, R - r0);
+        for (int64_t c0 = 0; c0 < C; c0 += 16) {
+            const int nc = (int)MG_MIN(16, C - c0);
+            const __mmask16 mc = tail_mask(nc), mr = tail_mask(nr);
+            __m512 v[16];
+            for (int i = 0; i < 16; i++)
+                v[i] = i < nr ? _mm512_maskz_loadu_ps(mc, src + (r0 + i) * C + c0) : _mm512_setzero_ps();
+            for (int k = 3; k >= 0; k--) {
+                const int bk = 1 << k;
+                for (int i = 0; i < 16; i++) {
+                    if (i & bk) continue;
+                    const __m512 a = v[i], b = v[i | bk];
+                    v[i] = _mm512_permutex2var_ps(a, lo[k], b);
+                    v[i | bk] = _mm512_permutex2var_ps(a, hi[k], b);
+                }
+            }
+            for (int j = 0; j < nc; j++) _mm512_mask_storeu_ps(dst + (c0 + j) * R + r0, mr, v[j]);
+        }
+    }
+}
+
 /* Fills t with the AVX-512 kernels. */
 bool mg_kernels_fill_avx512(mg_kernel_table *t) {
     t->name = "avx512";
@@ -709,6 +748,7 @@ bool mg_kernels_fill_avx512(mg_kernel_table *t) {
     t->softmax = softmax;
     t->silu = silu;
     t->gelu = gelu;
+    t->transpose = transpose;
     return true;
 }
 

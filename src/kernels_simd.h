@@ -44,6 +44,7 @@ typedef struct {
     void (*softmax)(float *x, int64_t n);
     void (*silu)(float *x, int64_t n);
     void (*gelu)(float *x, int64_t n);
+    void (*transpose)(float *dst, const float *src, int64_t R, int64_t C);
 } mg_kernel_table;
 
 /* Fill t with the variant's functions; false when the build lacks the variant. */

@@ -64,14 +64,7 @@ static void lin_bwd_dw_task(void *vc, int64_t i0, int64_t i1, int ith) {
 }
 
 /* dst[C, R] = src[R, C]^T. */
-static void transpose(float *dst, const float *src, int64_t R, int64_t C) {
-    for (int64_t r0 = 0; r0 < R; r0 += 32)
-        for (int64_t c0 = 0; c0 < C; c0 += 32) {
-            const int64_t r1 = MG_MIN(R, r0 + 32), c1 = MG_MIN(C, c0 + 32);
-            for (int64_t r = r0; r < r1; r++)
-                for (int64_t c = c0; c < c1; c++) dst[c * R + r] = src[r * C + c];
-        }
-}
+static void transpose(float *dst, const float *src, int64_t R, int64_t C) { mg_transpose(dst, src, R, C); }
 
 /* Backward of y = x W^T + b; each of dx, dW, db may be NULL. Both products go through the
  * engine's fp32 matmul (SIMD, threaded) on transposed copies:

@@ -801,3 +801,31 @@ TEST(kernels_rope_vs_numpy) {
     }
     free(ref);
 }
+
+/* mg_transpose: the selected path gives exactly the element-wise transpose on tile-sized, edge
+ * and odd shapes (the trainer's backward runs on it). */
+TEST(kernels_transpose) {
+    static const int64_t shapes[][2] = {{1, 1}, {1, 37}, {37, 1}, {15, 16}, {16, 16}, {17, 33}, {32, 48},
+                                        {145, 384}, {384, 128}, {50, 1367}};
+    uint64_t rng = 4242;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int64_t R = shapes[s][0], C = shapes[s][1];
+        float *src = malloc((size_t)(R * C) * sizeof(float)), *dst = malloc((size_t)(R * C + 1) * sizeof(float));
+        CHECK(src && dst);
+        if (!src || !dst) {
+            free(src);
+            free(dst);
+            return;
+        }
+        for (int64_t i = 0; i < R * C; i++) src[i] = test_rng_float(&rng);
+        dst[R * C] = 12345.0f; /* guard: nothing written past the end */
+        mg_transpose(dst, src, R, C);
+        int64_t bad = 0;
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t c = 0; c < C; c++) bad += dst[c * R + r] != src[r * C + c];
+        CHECK_MSG(bad == 0, "%lld x %lld: %lld wrong elements", (long long)R, (long long)C, (long long)bad);
+        CHECK(dst[R * C] == 12345.0f);
+        free(src);
+        free(dst);
+    }
+}
