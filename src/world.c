@@ -386,15 +386,25 @@ void world_scene_free(world_scene *sc) {
     memset(sc, 0, sizeof *sc);
 }
 
+/* The owner of every anti-aliasing sample (NSAMP per pixel) of a scene that `patch` tiles, in a
+ * new buffer *own for the caller to free. */
+static mg_status patch_owners(const world_scene *sc, int patch, const void *out, uint8_t **own, char *err,
+                              size_t err_len) {
+    if (!sc || !out || patch < 1 || sc->w % patch || sc->h % patch)
+        return mg_err(err, err_len, MG_ERR_INVALID_ARG, "world: patch size %d does not tile the scene", patch);
+    *own = malloc((size_t)sc->w * sc->h * NSAMP);
+    if (!*own) return mg_err(err, err_len, MG_ERR_NOMEM, "world: out of memory");
+    world_scene tmp = *sc; /* render_owners writes the objects' counters: work on a copy */
+    render_owners(&tmp, *own);
+    return MG_OK;
+}
+
 /* Per-patch labels for the trainer's auxiliary head; see world.h. */
 mg_status world_patch_labels(const world_scene *sc, int patch, int32_t *labels, char *err, size_t err_len) {
-    if (!sc || !labels || patch < 1 || sc->w % patch || sc->h % patch)
-        return mg_err(err, err_len, MG_ERR_INVALID_ARG, "world: patch size %d does not tile the scene", patch);
-    const int w = sc->w, h = sc->h, gw = w / patch, gh = h / patch;
-    uint8_t *own = malloc((size_t)w * h * NSAMP);
-    if (!own) return mg_err(err, err_len, MG_ERR_NOMEM, "world: out of memory");
-    world_scene tmp = *sc; /* render_owners writes the objects' counters: work on a copy */
-    render_owners(&tmp, own);
+    uint8_t *own;
+    mg_status st = patch_owners(sc, patch, labels, &own, err, err_len);
+    if (st != MG_OK) return st;
+    const int w = sc->w, gw = w / patch, gh = sc->h / patch;
     for (int gy = 0; gy < gh; gy++)
         for (int gx = 0; gx < gw; gx++) {
             int cnt[WORLD_MAX_OBJECTS] = {0};
@@ -418,13 +428,10 @@ mg_status world_patch_labels(const world_scene *sc, int patch, int32_t *labels, 
 
 /* Per-pixel object masks by patch for the trainer's auxiliary mask head; see world.h. */
 mg_status world_patch_masks(const world_scene *sc, int patch, float *masks, char *err, size_t err_len) {
-    if (!sc || !masks || patch < 1 || sc->w % patch || sc->h % patch)
-        return mg_err(err, err_len, MG_ERR_INVALID_ARG, "world: patch size %d does not tile the scene", patch);
+    uint8_t *own;
+    mg_status st = patch_owners(sc, patch, masks, &own, err, err_len);
+    if (st != MG_OK) return st;
     const int w = sc->w, h = sc->h, gw = w / patch;
-    uint8_t *own = malloc((size_t)w * h * NSAMP);
-    if (!own) return mg_err(err, err_len, MG_ERR_NOMEM, "world: out of memory");
-    world_scene tmp = *sc; /* render_owners writes the objects' counters: work on a copy */
-    render_owners(&tmp, own);
     for (int y = 0; y < h; y++)
         for (int x = 0; x < w; x++) {
             const uint8_t *q = own + ((size_t)y * w + x) * NSAMP;

@@ -754,6 +754,42 @@ TEST(train_ckpt_runs_in_engine) {
     tr_model_free(m);
 }
 
+/* Central differences of loss + aux_weight * aux loss + mask_weight * mask loss (the weights and
+ * targets of ex; m->grads must hold that objective's gradient) at 4 random entries of each named
+ * tensor; checks each and returns the worst relative error. ex->aux_loss / mask_loss are reset. */
+static double heads_fd(tr_model *m, tr_example *ex, const char *const *names, size_t n_names, uint64_t *s,
+                       int *checked) {
+    char err[256];
+    double worst = 0;
+    for (size_t k = 0; k < n_names; k++) {
+        int ti = tr_find_tensor(m, names[k]);
+        CHECK(ti >= 0);
+        if (ti < 0) continue;
+        const tr_tensor *t = &m->tensors[ti];
+        for (int rep = 0; rep < 4; rep++) {
+            int64_t j = t->off + (int64_t)(test_rng_next(s) % (uint64_t)t->n);
+            const float keep = m->params[j], h = 1e-2f;
+            float l[2], a[2] = {0, 0}, mk[2] = {0, 0};
+            for (int side = 0; side < 2; side++) {
+                m->params[j] = keep + (side ? -h : h);
+                ex->aux_loss = &a[side];
+                ex->mask_loss = &mk[side];
+                tr_forward_backward(m, ex, false, 1.0f, &l[side], err, sizeof err);
+            }
+            m->params[j] = keep;
+            const double wa = ex->aux_weight, wm = ex->mask_weight;
+            const double fd = ((l[0] + wa * a[0] + wm * mk[0]) - (l[1] + wa * a[1] + wm * mk[1])) / (2.0 * h),
+                         g = m->grads[j];
+            const double e = fabs(fd - g) / (2e-3 + fabs(fd));
+            if (e > worst) worst = e;
+            CHECK_MSG(e < 3e-2, "%s[%lld]: analytic %.6g, differences %.6g", names[k], (long long)(j - t->off), g, fd);
+            (*checked)++;
+        }
+    }
+    ex->aux_loss = ex->mask_loss = NULL;
+    return worst;
+}
+
 /* The auxiliary patch head: loss = text CE + w * patch CE; every gradient it touches (head,
  * ln_vision, the tower, the patch embedding) against central differences of that objective. */
 TEST(train_aux_head_fd) {
@@ -780,30 +816,7 @@ TEST(train_aux_head_fd) {
     const char *names[] = {"aux.patch_cls.weight", "aux.patch_cls.bias", "v.post_ln.weight", "v.blk.1.ffn_up.weight",
                            "v.blk.0.attn_qkv.weight", "v.patch_embd.weight"};
     int checked = 0;
-    double worst = 0;
-    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
-        int ti = tr_find_tensor(m, names[k]);
-        CHECK(ti >= 0);
-        if (ti < 0) continue;
-        const tr_tensor *t = &m->tensors[ti];
-        for (int rep = 0; rep < 4; rep++) {
-            int64_t j = t->off + (int64_t)(test_rng_next(&s) % (uint64_t)t->n);
-            const float keep = m->params[j], h = 1e-2f;
-            float lp, lm, ap, am;
-            m->params[j] = keep + h;
-            b.ex.aux_loss = &ap;
-            tr_forward_backward(m, &b.ex, false, 1.0f, &lp, err, sizeof err);
-            m->params[j] = keep - h;
-            b.ex.aux_loss = &am;
-            tr_forward_backward(m, &b.ex, false, 1.0f, &lm, err, sizeof err);
-            m->params[j] = keep;
-            const double fd = ((lp + 0.7 * ap) - (lm + 0.7 * am)) / (2.0 * h), g = m->grads[j];
-            const double e = fabs(fd - g) / (2e-3 + fabs(fd));
-            if (e > worst) worst = e;
-            CHECK_MSG(e < 3e-2, "%s[%lld]: analytic %.6g, differences %.6g", names[k], (long long)(j - t->off), g, fd);
-            checked++;
-        }
-    }
+    const double worst = heads_fd(m, &b.ex, names, sizeof names / sizeof names[0], &s, &checked);
     printf("    %d gradients, worst relative error %.2e\n", checked, worst);
     /* weight 0 leaves the gradients of a plain example (and reports an aux loss of 0) */
     b.ex.aux_loss = &aux;
@@ -858,32 +871,7 @@ TEST(train_mask_head_fd) {
     const char *names[] = {"aux.patch_mask.weight", "aux.patch_mask.bias", "aux.patch_cls.weight",
                            "v.post_ln.bias", "v.blk.1.attn_out.weight", "v.patch_embd.weight"};
     int checked = 0;
-    double worst = 0;
-    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
-        int ti = tr_find_tensor(m, names[k]);
-        CHECK(ti >= 0);
-        if (ti < 0) continue;
-        const tr_tensor *t = &m->tensors[ti];
-        for (int rep = 0; rep < 4; rep++) {
-            int64_t j = t->off + (int64_t)(test_rng_next(&s) % (uint64_t)t->n);
-            const float keep = m->params[j], h = 1e-2f;
-            float lp, lm, ap, am, mp, mm;
-            m->params[j] = keep + h;
-            b.ex.aux_loss = &ap;
-            b.ex.mask_loss = &mp;
-            tr_forward_backward(m, &b.ex, false, 1.0f, &lp, err, sizeof err);
-            m->params[j] = keep - h;
-            b.ex.aux_loss = &am;
-            b.ex.mask_loss = &mm;
-            tr_forward_backward(m, &b.ex, false, 1.0f, &lm, err, sizeof err);
-            m->params[j] = keep;
-            const double fd = ((lp + 0.7 * ap + 0.4 * mp) - (lm + 0.7 * am + 0.4 * mm)) / (2.0 * h), g = m->grads[j];
-            const double e = fabs(fd - g) / (2e-3 + fabs(fd));
-            if (e > worst) worst = e;
-            CHECK_MSG(e < 3e-2, "%s[%lld]: analytic %.6g, differences %.6g", names[k], (long long)(j - t->off), g, fd);
-            checked++;
-        }
-    }
+    const double worst = heads_fd(m, &b.ex, names, sizeof names / sizeof names[0], &s, &checked);
     printf("    %d gradients, worst relative error %.2e\n", checked, worst);
     /* a model config whose mask head is not patch_size^2 wide is refused */
     tr_config bad = c;
