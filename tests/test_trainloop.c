@@ -443,16 +443,28 @@ TEST(world_patch_masks_lone_object) {
     CHECK(found == 5);
 }
 
+/* Per-step auxiliary losses and the last evaluation's patch accuracy. */
 typedef struct {
-    float aux[256];
+    float mask[256], aux[256];
     int n;
-} aux_rec;
+    int n_eval;
+    float color, shape;
+} head_rec;
 
-static int record_aux(void *user, const tl_progress *pg) {
-    aux_rec *r = user;
-    if (pg->event == TL_EV_STEP && r->n < 256) r->aux[r->n++] = pg->aux_loss;
+static int record_heads(void *user, const tl_progress *pg) {
+    head_rec *r = user;
+    if (pg->event == TL_EV_STEP && r->n < 256) {
+        r->mask[r->n] = pg->mask_loss;
+        r->aux[r->n++] = pg->aux_loss;
+    }
+    if (pg->event == TL_EV_EVAL) {
+        r->n_eval++;
+        r->color = pg->eval_patch_color;
+        r->shape = pg->eval_patch_shape;
+    }
     return 0;
 }
+
 
 /* --aux: the head trains (its loss falls), the checkpoint keeps it, the exported model drops it,
  * and a model without the head refuses --aux with a clear message. */
@@ -468,8 +480,8 @@ TEST(trainloop_aux_head) {
     p.aux_weight = 1.0f;
     p.out_path = out;
     p.ckpt_path = ck;
-    aux_rec r = {0};
-    mg_status st = tl_train(&p, record_aux, &r, err, sizeof err);
+    head_rec r = {0};
+    mg_status st = tl_train(&p, record_heads, &r, err, sizeof err);
     CHECK_MSG(st == MG_OK, "tl_train: %s", err);
     if (st != MG_OK || r.n < 6) return;
     const float first = (r.aux[0] + r.aux[1] + r.aux[2]) / 3, last = (r.aux[r.n - 1] + r.aux[r.n - 2] + r.aux[r.n - 3]) / 3;
@@ -495,27 +507,6 @@ TEST(trainloop_aux_head) {
     CHECK(strstr(err, "--aux") != NULL);
 }
 
-typedef struct {
-    float mask[256], aux[256];
-    int n;
-    int n_eval;
-    float color, shape;
-} mask_rec;
-
-static int record_mask(void *user, const tl_progress *pg) {
-    mask_rec *r = user;
-    if (pg->event == TL_EV_STEP && r->n < 256) {
-        r->mask[r->n] = pg->mask_loss;
-        r->aux[r->n++] = pg->aux_loss;
-    }
-    if (pg->event == TL_EV_EVAL) {
-        r->n_eval++;
-        r->color = pg->eval_patch_color;
-        r->shape = pg->eval_patch_shape;
-    }
-    return 0;
-}
-
 /* --aux-mask and --aux-objects: the mask head trains (its loss falls), the checkpoint keeps it
  * and the options, the exported model drops it, a model without it gets one, --aux-objects
  * changes the patch loss, and the evaluation reports the head's colour and shape accuracy (or
@@ -536,8 +527,8 @@ TEST(trainloop_mask_head) {
     p.eval_n = 6;
     p.out_path = out;
     p.ckpt_path = ck;
-    mask_rec r = {0};
-    mg_status st = tl_train(&p, record_mask, &r, err, sizeof err);
+    head_rec r = {0};
+    mg_status st = tl_train(&p, record_heads, &r, err, sizeof err);
     CHECK_MSG(st == MG_OK, "tl_train: %s", err);
     if (st != MG_OK || r.n < 6) return;
     const float first = (r.mask[0] + r.mask[1] + r.mask[2]) / 3,
@@ -569,8 +560,8 @@ TEST(trainloop_mask_head) {
     a.out_path = NULL;
     a.ckpt_path = NULL;
     a.eval_every = 0;
-    mask_rec ra = {0};
-    CHECK(tl_train(&a, record_mask, &ra, err, sizeof err) == MG_OK);
+    head_rec ra = {0};
+    CHECK(tl_train(&a, record_heads, &ra, err, sizeof err) == MG_OK);
     CHECK(ra.n == 1 && ra.aux[0] != r.aux[0] && ra.mask[0] == r.mask[0]);
     /* --init from the exported model (no heads) with a mask weight: the mask head is added */
     tl_params q = tiny_params();
@@ -580,8 +571,8 @@ TEST(trainloop_mask_head) {
     q.ckpt_path = ck2;
     q.eval_every = 2;
     q.eval_n = 2;
-    mask_rec rq = {0};
-    st = tl_train(&q, record_mask, &rq, err, sizeof err);
+    head_rec rq = {0};
+    st = tl_train(&q, record_heads, &rq, err, sizeof err);
     CHECK_MSG(st == MG_OK, "tl_train --init: %s", err);
     CHECK(rq.n == 2 && rq.mask[0] > 0.0f);
     CHECK(rq.n_eval == 1 && rq.shape == -1.0f); /* no patch head: no patch accuracy */
