@@ -115,9 +115,13 @@ static void transpose_ref(float *dst, const float *src, int64_t R, int64_t C) {
 
 /* ==== dispatch ==== */
 
+static void vec_add_ref(float *x, const float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] += y[i];
+}
+
 static const mg_kernel_table ref_table = {
-    "ref", mm_ref, mm_ref, mm_ref, mm_ref, mm_ref, quantize_q8_0_ref, attn_scores_ref, attn_values_ref,
-    mg_rmsnorm, mg_softmax, mg_silu, mg_gelu, transpose_ref,
+    "ref",         mm_ref,  mm_ref,  mm_ref,        mm_ref,      mm_ref, quantize_q8_0_ref, attn_scores_ref,
+    attn_values_ref, mg_rmsnorm, mg_softmax, mg_silu, mg_gelu, transpose_ref, mg_gelu_bwd, vec_add_ref,
 };
 static mg_kernel_table sel_table;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -294,9 +298,9 @@ void mg_rmsnorm_simd(float *out, const float *x, const float *weight, int64_t n,
     if (n > 0) sel_table.rmsnorm(out, x, weight, n, eps);
 }
 
-void mg_softmax_simd(float *x, int64_t n) {
+double mg_softmax_simd(float *x, int64_t n) {
     mg_kernels_init();
-    if (n > 0) sel_table.softmax(x, n);
+    return n > 0 ? sel_table.softmax(x, n) : -INFINITY;
 }
 
 void mg_silu_simd(float *x, int64_t n) {
@@ -307,6 +311,11 @@ void mg_silu_simd(float *x, int64_t n) {
 void mg_gelu_simd(float *x, int64_t n) {
     mg_kernels_init();
     if (n > 0) sel_table.gelu(x, n);
+}
+
+void mg_gelu_bwd_simd(float *dx, const float *dout, const float *x, int64_t n) {
+    mg_kernels_init();
+    if (n > 0) sel_table.gelu_bwd(dx, dout, x, n);
 }
 
 void mg_transpose(float *dst, const float *src, int64_t R, int64_t C) {
@@ -358,14 +367,14 @@ void mg_layernorm(float *out, const float *x, const float *weight, const float *
 
 /* In-place softmax: exp(x - max) / sum, sum in double. A row that is all -inf (fully masked)
  * becomes all zeros instead of NaN. */
-void mg_softmax(float *x, int64_t n) {
-    if (n <= 0) return;
+double mg_softmax(float *x, int64_t n) {
+    if (n <= 0) return -INFINITY;
     float mx = -INFINITY;
     for (int64_t i = 0; i < n; i++)
         if (x[i] > mx) mx = x[i];
     if (mx == -INFINITY) {
         memset(x, 0, (size_t)n * sizeof *x);
-        return;
+        return -INFINITY;
     }
     double s = 0.0;
     for (int64_t i = 0; i < n; i++) {
@@ -374,6 +383,7 @@ void mg_softmax(float *x, int64_t n) {
     }
     const float inv = (float)(1.0 / s);
     for (int64_t i = 0; i < n; i++) x[i] *= inv;
+    return (double)mx + log(s);
 }
 
 /* x = x * sigmoid(x), computed as x / (1 + exp(-x)) like torch. */
@@ -391,9 +401,20 @@ void mg_vec_mul(float *x, const float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] *= y[i];
 }
 
-/* x += y elementwise. */
+/* GELU'(x) = Phi(x) + x phi(x), accumulated into dx, in double. */
+void mg_gelu_bwd(float *dx, const float *dout, const float *x, int64_t n) {
+    const double inv_sqrt_2pi = 0.3989422804014327;
+    for (int64_t i = 0; i < n; i++) {
+        const double xi = x[i];
+        const double d = 0.5 * (1.0 + erf(xi * M_SQRT1_2)) + xi * inv_sqrt_2pi * exp(-0.5 * xi * xi);
+        dx[i] += (float)(dout[i] * d);
+    }
+}
+
+/* x += y elementwise (one rounding per element on every path). */
 void mg_vec_add(float *x, const float *y, int64_t n) {
-    for (int64_t i = 0; i < n; i++) x[i] += y[i];
+    mg_kernels_init();
+    if (n > 0) sel_table.vec_add(x, y, n);
 }
 
 /* cos/sin table of the last (head_dim, pos, theta) seen by this thread: all heads of a token

@@ -48,9 +48,15 @@ void mg_attn_values(float *o, const float *p, const float *v, int64_t stride, in
  * the selected kernel path): exp and erf are polynomials instead of libm's, sums are still in
  * double. They differ from the scalar functions by a few ulp (docs/numerics.md). */
 void mg_rmsnorm_simd(float *out, const float *x, const float *weight, int64_t n, float eps);
-void mg_softmax_simd(float *x, int64_t n);
+double mg_softmax_simd(float *x, int64_t n);
 void mg_silu_simd(float *x, int64_t n);
 void mg_gelu_simd(float *x, int64_t n);
+/* GELU's derivative for the trainer, accumulated: dx[i] += dout[i] * (Phi(x[i]) + x[i] * phi(x[i]))
+ * (Phi, phi: the standard normal distribution and density). mg_gelu_bwd is the reference (double
+ * precision, libm's erf and exp), mg_gelu_bwd_simd the selected path (the polynomials of
+ * mg_gelu_simd, fp32; docs/numerics.md). */
+void mg_gelu_bwd(float *dx, const float *dout, const float *x, int64_t n);
+void mg_gelu_bwd_simd(float *dx, const float *dout, const float *x, int64_t n);
 /* dst[C, R] = src[R, C]^T (dst[c * R + r] = src[r * C + c]); a pure copy, so every path gives
  * the same bits. The AVX-512 path moves 16 x 16 tiles through registers. */
 void mg_transpose(float *dst, const float *src, int64_t R, int64_t C);
@@ -58,11 +64,13 @@ void mg_transpose(float *dst, const float *src, int64_t R, int64_t C);
 /* ==== Ops (in place unless noted); all fp32 ==== */
 void mg_rmsnorm(float *out, const float *x, const float *weight, int64_t n, float eps);
 void mg_layernorm(float *out, const float *x, const float *weight, const float *bias, int64_t n, float eps);
-void mg_softmax(float *x, int64_t n);
+/* mg_softmax and mg_softmax_simd return the log-sum-exp of the input row, max + log(sum) (-inf for a
+ * row that is all -inf), which the trainer's cross-entropy needs. */
+double mg_softmax(float *x, int64_t n);
 void mg_silu(float *x, int64_t n);
 void mg_gelu(float *x, int64_t n);        /* exact erf form, as torch.nn.GELU() */
 void mg_vec_mul(float *x, const float *y, int64_t n); /* x *= y */
-void mg_vec_add(float *x, const float *y, int64_t n); /* x += y */
+void mg_vec_add(float *x, const float *y, int64_t n); /* x += y (selected path; exact, so same bits) */
 /* NeoX / rotate-half RoPE on one head vector of length head_dim at position pos:
  * pairs (i, i + head_dim/2), inv_freq[i] = theta^(-2i/head_dim). */
 void mg_rope_neox(float *x, int head_dim, int pos, float theta);

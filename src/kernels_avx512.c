@@ -635,15 +635,16 @@ static void rmsnorm(float *out, const float *x, const float *weight, int64_t n, 
     }
 }
 
-/* As mg_softmax: max, exp(x - max) summed in double, scaled by 1 / sum; all -inf -> zeros. */
-static void softmax(float *x, int64_t n) {
+/* As mg_softmax: max, exp(x - max) summed in double, scaled by 1 / sum; all -inf -> zeros.
+ * Returns max + log(sum). */
+static double softmax(float *x, int64_t n) {
     __m512 vm = _mm512_set1_ps(-INFINITY);
     for (int64_t i = 0; i < n; i += 16)
         vm = _mm512_max_ps(vm, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask(n - i), x + i));
     const float mx = _mm512_reduce_max_ps(vm);
     if (mx == -INFINITY) {
         memset(x, 0, (size_t)n * sizeof *x);
-        return;
+        return -INFINITY;
     }
     const __m512 vmx = _mm512_set1_ps(mx);
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
@@ -653,11 +654,13 @@ static void softmax(float *x, int64_t n) {
         _mm512_mask_storeu_ps(x + i, m, e);
         add_pd(&s0, &s1, e);
     }
-    const __m512 inv = _mm512_set1_ps((float)(1.0 / _mm512_reduce_add_pd(_mm512_add_pd(s0, s1))));
+    const double sum = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+    const __m512 inv = _mm512_set1_ps((float)(1.0 / sum));
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = tail_mask(n - i);
         _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv));
     }
+    return (double)mx + log(sum);
 }
 
 /* As mg_silu: x / (1 + exp(-x)). */
@@ -671,26 +674,55 @@ static void silu(float *x, int64_t n) {
     }
 }
 
-/* As mg_gelu: x * Phi(x) with Phi(x) = erfc(-x / sqrt 2) / 2. erfc(z) for z >= 0 is the
- * Chebyshev-fitted t * exp(-z^2 + P9(t)), t = 1 / (1 + z / 2) (Numerical Recipes' erfcc,
- * relative error < 1.2e-7 for all z >= 0); negative x take it directly (so the tail keeps its
- * relative precision), positive x take 1 - erfc(|z|) / 2. */
-static void gelu(float *x, int64_t n) {
+/* Phi(x) = erfc(-x / sqrt 2) / 2 for 16 lanes. erfc(z) for z >= 0 is the Chebyshev-fitted
+ * t * exp(-z^2 + P9(t)), t = 1 / (1 + z / 2) (Numerical Recipes' erfcc, relative error < 1.2e-7
+ * for all z >= 0); negative x take it directly (so the tail keeps its relative precision),
+ * positive x take 1 - erfc(|z|) / 2. *z2 gets z^2 = x^2 / 2 for the density. */
+static inline __m512 normal_cdf(__m512 v, __m512 *z2) {
     static const float c[10] = {-1.26551223f, 1.00002368f, 0.37409196f, 0.09678418f, -0.18628806f,
                                 0.27886807f,  -1.13520398f, 1.48851587f, -0.82215223f, 0.17087277f};
     const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f);
+    const __m512 z = _mm512_mul_ps(_mm512_abs_ps(v), _mm512_set1_ps(0.70710678f));
+    const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(half, z, one));
+    __m512 p = _mm512_set1_ps(c[9]);
+    for (int j = 8; j >= 0; j--) p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(c[j]));
+    const __m512 e = _mm512_mul_ps(t, exp512(_mm512_fnmadd_ps(z, z, p))); /* erfc(|z|) */
+    const __m512 he = _mm512_mul_ps(half, e);
+    const __mmask16 pos = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GE_OQ);
+    *z2 = _mm512_mul_ps(z, z);
+    return _mm512_mask_sub_ps(he, pos, one, he);
+}
+
+/* As mg_gelu: x * Phi(x). */
+static void gelu(float *x, int64_t n) {
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = tail_mask(n - i);
         const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
-        const __m512 z = _mm512_mul_ps(_mm512_abs_ps(v), _mm512_set1_ps(0.70710678f));
-        const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(half, z, one));
-        __m512 p = _mm512_set1_ps(c[9]);
-        for (int j = 8; j >= 0; j--) p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(c[j]));
-        const __m512 e = _mm512_mul_ps(t, exp512(_mm512_fnmadd_ps(z, z, p))); /* erfc(|z|) */
-        const __m512 he = _mm512_mul_ps(half, e);
-        const __mmask16 pos = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GE_OQ);
-        const __m512 phi = _mm512_mask_sub_ps(he, pos, one, he);
-        _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(v, phi));
+        __m512 z2;
+        _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(v, normal_cdf(v, &z2)));
+    }
+}
+
+/* As mg_gelu_bwd: dx += dout * (Phi(x) + x exp(-x^2 / 2) / sqrt(2 pi)), in fp32. */
+static void gelu_bwd(float *dx, const float *dout, const float *x, int64_t n) {
+    const __m512 inv_sqrt_2pi = _mm512_set1_ps(0.39894228f);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        __m512 z2;
+        const __m512 cdf = normal_cdf(v, &z2);
+        const __m512 pdf = _mm512_mul_ps(inv_sqrt_2pi, exp512(_mm512_sub_ps(_mm512_setzero_ps(), z2)));
+        const __m512 d = _mm512_fmadd_ps(v, pdf, cdf);
+        const __m512 g = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, dout + i), d, _mm512_maskz_loadu_ps(m, dx + i));
+        _mm512_mask_storeu_ps(dx + i, m, g);
+    }
+}
+
+/* x += y, one rounding per element as in the reference. */
+static void vec_add(float *x, const float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        _mm512_mask_storeu_ps(x + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
     }
 }
 
@@ -749,6 +781,8 @@ bool mg_kernels_fill_avx512(mg_kernel_table *t) {
     t->silu = silu;
     t->gelu = gelu;
     t->transpose = transpose;
+    t->gelu_bwd = gelu_bwd;
+    t->vec_add = vec_add;
     return true;
 }
 

@@ -41,10 +41,12 @@ typedef struct {
     mg_scores_fn attn_scores;
     mg_values_fn attn_values;
     void (*rmsnorm)(float *out, const float *x, const float *weight, int64_t n, float eps);
-    void (*softmax)(float *x, int64_t n);
+    double (*softmax)(float *x, int64_t n); /* returns log(sum exp(x)) of the input */
     void (*silu)(float *x, int64_t n);
     void (*gelu)(float *x, int64_t n);
     void (*transpose)(float *dst, const float *src, int64_t R, int64_t C);
+    void (*gelu_bwd)(float *dx, const float *dout, const float *x, int64_t n);
+    void (*vec_add)(float *x, const float *y, int64_t n);
 } mg_kernel_table;
 
 /* Fill t with the variant's functions; false when the build lacks the variant. */

@@ -176,20 +176,14 @@ void tr_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, con
 
 /* ==== Elementwise ==== */
 
-/* GELU with the erf evaluated in double. */
+/* GELU (exact erf form) with the engine's selected kernel, as the inference path computes it. */
 void tr_gelu_fwd(float *out, const float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) out[i] = (float)(0.5 * x[i] * (1.0 + erf(x[i] * M_SQRT1_2)));
+    if (out != x) memcpy(out, x, (size_t)n * sizeof(float));
+    mg_gelu_simd(out, n);
 }
 
-/* GELU'(x) = Phi(x) + x * phi(x). */
-void tr_gelu_bwd(float *dx, const float *dout, const float *x, int64_t n) {
-    const double inv_sqrt_2pi = 0.3989422804014327;
-    for (int64_t i = 0; i < n; i++) {
-        const double xi = x[i];
-        const double d = 0.5 * (1.0 + erf(xi * M_SQRT1_2)) + xi * inv_sqrt_2pi * exp(-0.5 * xi * xi);
-        dx[i] += (float)(dout[i] * d);
-    }
-}
+/* GELU'(x) = Phi(x) + x * phi(x), accumulated (the selected kernel, fp32). */
+void tr_gelu_bwd(float *dx, const float *dout, const float *x, int64_t n) { mg_gelu_bwd_simd(dx, dout, x, n); }
 
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
@@ -220,18 +214,8 @@ void tr_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gat
     }
 }
 
-/* One softmax row in place over n values (max-subtracted, sum in double). */
-static void softmax_row(float *y, int64_t n) {
-    float mx = -INFINITY;
-    for (int64_t i = 0; i < n; i++) mx = y[i] > mx ? y[i] : mx;
-    double s = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        y[i] = expf(y[i] - mx);
-        s += y[i];
-    }
-    const float inv = (float)(1.0 / s);
-    for (int64_t i = 0; i < n; i++) y[i] *= inv;
-}
+/* One softmax row in place over n values (max-subtracted, sum in double; the selected kernel). */
+static void softmax_row(float *y, int64_t n) { mg_softmax_simd(y, n); }
 
 /* Row softmax forward. */
 void tr_softmax_fwd(float *y, const float *x, int64_t M, int64_t C) {
@@ -540,7 +524,24 @@ float tr_cross_entropy(float *dlogits, const float *logits, const int32_t *targe
     for (int64_t m = 0; m < M; m++) n += mask[m] ? 1 : 0;
     if (n == 0) return 0.0f;
     double total = 0.0;
-    for (int64_t m = 0; m < M; m++) {
+    float *p = malloc((size_t)V * sizeof(float));
+    if (p) { /* softmax by the selected kernel, which also gives log-sum-exp */
+        const float k = (float)((double)scale / (double)n);
+        for (int64_t m = 0; m < M; m++) {
+            if (!mask[m]) continue;
+            const float *l = logits + m * V;
+            memcpy(p, l, (size_t)V * sizeof(float));
+            total += mg_softmax_simd(p, V) - l[targets[m]];
+            if (dlogits) {
+                float *dl = dlogits + m * V;
+                for (int64_t i = 0; i < V; i++) dl[i] += p[i] * k;
+                dl[targets[m]] -= k;
+            }
+        }
+        free(p);
+        return (float)(total / (double)n);
+    }
+    for (int64_t m = 0; m < M; m++) { /* no memory for a row: the same in plain double */
         if (!mask[m]) continue;
         const float *l = logits + m * V;
         float mx = -INFINITY;

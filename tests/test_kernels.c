@@ -587,7 +587,7 @@ TEST(kernels_ops_simd_vs_ref) {
             }
             for (int which = 0; which < 3; which++) {
                 void (*rms)(float *, const float *, const float *, int64_t, float) = mg_rmsnorm_simd;
-                void (*sm)(float *, int64_t) = mg_softmax_simd;
+                double (*sm)(float *, int64_t) = mg_softmax_simd;
                 void (*si)(float *, int64_t) = mg_silu_simd;
                 void (*ge)(float *, int64_t) = mg_gelu_simd;
                 if (which > 0) {
@@ -606,8 +606,8 @@ TEST(kernels_ops_simd_vs_ref) {
                         mg_rmsnorm(a, x, w, n, 1e-6f);
                         rms(b, x, w, n, 1e-6f);
                     } else if (op == 1) {
-                        mg_softmax(a, n);
-                        sm(b, n);
+                        const double la = mg_softmax(a, n), lb = sm(b, n);
+                        CHECK_MSG(fabs(la - lb) <= 1e-6 * fmax(1.0, fabs(la)), "log-sum-exp %.9g vs %.9g", la, lb);
                     } else if (op == 2) {
                         mg_silu(a, n);
                         si(b, n);
@@ -630,7 +630,7 @@ TEST(kernels_ops_simd_vs_ref) {
             }
         }
         for (int64_t i = 0; i < n; i++) a[i] = -INFINITY;
-        mg_softmax_simd(a, n);
+        CHECK(mg_softmax_simd(a, n) == -INFINITY);
         int nz = 0;
         for (int64_t i = 0; i < n; i++) nz += a[i] != 0.0f;
         CHECK_EQ_INT(nz, 0);
@@ -828,4 +828,78 @@ TEST(kernels_transpose) {
         free(src);
         free(dst);
     }
+}
+
+/* GELU's derivative (the trainer's backward) of every table against the double-precision
+ * reference, accumulated into a non-zero dx, on lengths with tails and on x from the far
+ * negative tail (density underflow) to large positive values; and mg_vec_add, which must give
+ * exactly the bits of the scalar loop on every path. */
+TEST(kernels_gelu_bwd_and_vec_add) {
+    const int64_t lens[] = {1, 15, 16, 17, 384, 1001};
+    uint64_t rng = 1234;
+    double worst = 0;
+    int checked = 0;
+    for (size_t li = 0; li < MG_ARRAY_LEN(lens); li++) {
+        const int64_t n = lens[li];
+        float *x = malloc((size_t)n * sizeof(float)), *g = malloc((size_t)n * sizeof(float));
+        float *a = malloc((size_t)n * sizeof(float)), *b = malloc((size_t)n * sizeof(float));
+        float *d0 = malloc((size_t)n * sizeof(float));
+        CHECK(x && g && a && b && d0);
+        if (!x || !g || !a || !b || !d0) return;
+        for (int rep = 0; rep < 3; rep++) {
+            const float scale = rep == 0 ? 1.0f : rep == 1 ? 4.0f : 30.0f;
+            for (int64_t i = 0; i < n; i++) {
+                x[i] = test_rng_float(&rng) * scale;
+                g[i] = test_rng_float(&rng);
+                d0[i] = test_rng_float(&rng);
+            }
+            if (n >= 16) {
+                x[2] = 0.0f;
+                x[4] = -40.0f; /* Phi and phi underflow: GELU' = 0 */
+                x[6] = 40.0f;  /* GELU' = 1 */
+                x[8] = -5.0f;
+            }
+            for (int which = 0; which < 3; which++) {
+                void (*fn)(float *, const float *, const float *, int64_t) = mg_gelu_bwd_simd;
+                void (*add)(float *, const float *, int64_t) = mg_vec_add;
+                if (which > 0) {
+                    bool have;
+                    mg_kernel_table tb = table_for(which, &have);
+                    if (!have) continue;
+                    fn = tb.gelu_bwd ? tb.gelu_bwd : mg_gelu_bwd;
+                    add = tb.vec_add ? tb.vec_add : add;
+                }
+                memcpy(a, d0, (size_t)n * sizeof(float));
+                memcpy(b, d0, (size_t)n * sizeof(float));
+                mg_gelu_bwd(a, g, x, n);
+                fn(b, g, x, n);
+                int bad = 0;
+                for (int64_t i = 0; i < n; i++) {
+                    /* the derivative is within [-0.17, 1.13]; a few fp32 ulp of its terms */
+                    const double scale_i = fabs((double)d0[i]) + fabs((double)g[i]);
+                    const double e = fabs((double)a[i] - b[i]);
+                    bad += !(e <= 1e-6 * scale_i);
+                    if (scale_i > 0 && e / scale_i > worst) worst = e / scale_i;
+                }
+                CHECK_MSG(bad == 0, "gelu_bwd path %d n=%lld scale %g: %d bad", which, (long long)n, scale, bad);
+                if (n >= 16) {
+                    CHECK(b[4] == d0[4]);
+                    CHECK(fabsf(b[6] - (d0[6] + g[6])) <= 1e-6f);
+                }
+                memcpy(a, d0, (size_t)n * sizeof(float));
+                memcpy(b, d0, (size_t)n * sizeof(float));
+                for (int64_t i = 0; i < n; i++) a[i] += x[i];
+                add(b, x, n);
+                CHECK_MSG(memcmp(a, b, (size_t)n * sizeof(float)) == 0, "vec_add path %d n=%lld", which, (long long)n);
+                checked++;
+            }
+        }
+        free(x);
+        free(g);
+        free(a);
+        free(b);
+        free(d0);
+    }
+    CHECK(checked > 0);
+    printf("    gelu_bwd max diff from double / (|dx| + |dout|): %.2g\n", worst);
 }
