@@ -119,9 +119,23 @@ static void vec_add_ref(float *x, const float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] += y[i];
 }
 
+/* C rows [m0, m1) x columns [n0, n1) += op(A) . B, row by row, k ascending (per element the order of
+ * the SIMD paths). */
+static void gemm_acc_ref(float *C, const float *A, const float *B, int64_t M, int64_t N, int64_t K, bool a_trans,
+                         int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    for (int64_t m = m0; m < m1; m++)
+        for (int64_t k = 0; k < K; k++) {
+            const float a = a_trans ? A[k * M + m] : A[m * K + k];
+            const float *b = B + k * N;
+            float *c = C + m * N;
+            for (int64_t n = n0; n < n1; n++) c[n] += a * b[n];
+        }
+}
+
 static const mg_kernel_table ref_table = {
     "ref",         mm_ref,  mm_ref,  mm_ref,        mm_ref,      mm_ref, quantize_q8_0_ref, attn_scores_ref,
     attn_values_ref, mg_rmsnorm, mg_softmax, mg_silu, mg_gelu, transpose_ref, mg_gelu_bwd, vec_add_ref,
+    gemm_acc_ref,
 };
 static mg_kernel_table sel_table;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -273,6 +287,38 @@ void mg_matmul(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x,
     atomic_init(&j.next, 0);
     mg_pool_run(pool, MG_MIN((int64_t)nt, j.n_chunks), 1, mm_task, &j);
     free(own);
+}
+
+/* Blocks of C for mg_gemm_acc: GEMM_MB rows (a multiple of the 6-row tile) x GEMM_NB columns. */
+#define GEMM_MB 48
+#define GEMM_NB 128
+
+typedef struct {
+    const mg_kernel_table *t;
+    float *C;
+    const float *A, *B;
+    int64_t M, N, K, nbn;
+    bool a_trans;
+} gemm_job;
+
+static void gemm_task(void *ctx, int64_t i0, int64_t i1, int ith) {
+    const gemm_job *j = ctx;
+    for (int64_t u = i0; u < i1; u++) {
+        const int64_t m0 = u / j->nbn * GEMM_MB, n0 = u % j->nbn * GEMM_NB;
+        j->t->gemm_acc(j->C, j->A, j->B, j->M, j->N, j->K, j->a_trans, m0, MG_MIN(m0 + GEMM_MB, j->M), n0,
+                       MG_MIN(n0 + GEMM_NB, j->N));
+    }
+}
+
+void mg_gemm_acc(mg_pool *pool, const mg_kernel_opts *o, float *C, const float *A, const float *B, int64_t M,
+                 int64_t N, int64_t K, bool a_trans) {
+    if (M <= 0 || N <= 0 || K <= 0) return;
+    mg_kernels_init();
+    gemm_job j = {(o && o->use_ref) ? &ref_table : &sel_table, C, A, B, M, N, K, (N + GEMM_NB - 1) / GEMM_NB, a_trans};
+    const int64_t units = (M + GEMM_MB - 1) / GEMM_MB * j.nbn;
+    /* a small product stays on one thread: at least ~1 MFLOP per part */
+    const int64_t min_units = MG_MAX((int64_t)1, ((int64_t)1 << 19) / MG_MAX((int64_t)1, GEMM_MB * GEMM_NB * K / 2));
+    mg_pool_run(pool, units, min_units, gemm_task, &j);
 }
 
 /* s[t] = scale * dot(q, k + t * stride) for t < n, with the selected kernels. */

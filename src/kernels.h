@@ -35,6 +35,13 @@ void mg_matmul(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x,
 /* Copies row `row` of a weight matrix [N, K] of type wtype into dst as fp32 (embedding lookup). */
 void mg_get_row_f32(const void *w, int wtype, int64_t K, int64_t row, float *dst);
 
+/* C[M, N] += op(A) . B, the trainer's backward products, fp32: B is row-major [K, N]; op(A) is
+ * A [M, K] (a_trans false) or the transpose of A [K, M] (a_trans true), so neither operand is
+ * copied. Each element is C + sum over k in ascending order (fused multiply-adds on the SIMD
+ * paths), whatever the thread count; parallel over blocks of C. */
+void mg_gemm_acc(mg_pool *pool, const mg_kernel_opts *o, float *C, const float *A, const float *B, int64_t M,
+                 int64_t N, int64_t K, bool a_trans);
+
 /* ==== Attention inner loops (fp32; SIMD when available, like mg_matmul) ====
  * Rows t of a K or V cache start at k + t * stride (stride in floats, >= d).
  * mg_attn_scores: s[t] = scale * dot(q, k_t) for t in [0, n).

@@ -765,6 +765,60 @@ static void transpose(float *dst, const float *src, int64_t R, int64_t C) {
     }
 }
 
+/* ==== C += op(A) . B (the trainer's backward products) ==== */
+
+/* Tiles of GM rows x 32 columns (two vectors): 2 * GM accumulators; per k two loads of B and GM
+ * broadcasts of A for 2 * GM fused multiply-adds. k runs in blocks of GKC so that the B panel
+ * (GKC x 32 floats) stays in L1/L2 while the tiles of a block of rows pass over it. */
+#define GM 6
+#define GKC 256
+
+static inline __attribute__((always_inline)) void gemm_tile(float *C, int64_t ldc, const float *A, int64_t sam,
+                                                            int64_t sak, const float *B, int64_t ldb, int64_t kn,
+                                                            __mmask16 q0, __mmask16 q1, int R) {
+    __m512 c0[GM], c1[GM];
+    _Pragma("GCC unroll 8") for (int r = 0; r < GM; r++) if (r < R) {
+        c0[r] = _mm512_maskz_loadu_ps(q0, C + r * ldc);
+        c1[r] = _mm512_maskz_loadu_ps(q1, C + r * ldc + 16);
+    }
+    for (int64_t k = 0; k < kn; k++) {
+        const __m512 b0 = _mm512_maskz_loadu_ps(q0, B + k * ldb), b1 = _mm512_maskz_loadu_ps(q1, B + k * ldb + 16);
+        const float *a = A + k * sak;
+        _Pragma("GCC unroll 8") for (int r = 0; r < GM; r++) if (r < R) {
+            const __m512 av = _mm512_set1_ps(a[r * sam]);
+            c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
+            c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
+        }
+    }
+    _Pragma("GCC unroll 8") for (int r = 0; r < GM; r++) if (r < R) {
+        _mm512_mask_storeu_ps(C + r * ldc, q0, c0[r]);
+        _mm512_mask_storeu_ps(C + r * ldc + 16, q1, c1[r]);
+    }
+}
+
+static void gemm_acc(float *C, const float *A, const float *B, int64_t M, int64_t N, int64_t K, bool a_trans,
+                     int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    const int64_t sam = a_trans ? 1 : K, sak = a_trans ? M : 1; /* A(m, k) = A[m * sam + k * sak] */
+    for (int64_t k0 = 0; k0 < K; k0 += GKC) {
+        const int64_t kn = MG_MIN((int64_t)GKC, K - k0);
+        for (int64_t n = n0; n < n1; n += 32) {
+            const __mmask16 q0 = tail_mask(n1 - n), q1 = n1 - n > 16 ? tail_mask(n1 - n - 16) : 0;
+            for (int64_t m = m0; m < m1; m += GM) {
+                float *c = C + m * N + n;
+                const float *a = A + m * sam + k0 * sak, *b = B + k0 * N + n;
+                switch ((int)MG_MIN((int64_t)GM, m1 - m)) {
+                case 1: gemm_tile(c, N, a, sam, sak, b, N, kn, q0, q1, 1); break;
+                case 2: gemm_tile(c, N, a, sam, sak, b, N, kn, q0, q1, 2); break;
+                case 3: gemm_tile(c, N, a, sam, sak, b, N, kn, q0, q1, 3); break;
+                case 4: gemm_tile(c, N, a, sam, sak, b, N, kn, q0, q1, 4); break;
+                case 5: gemm_tile(c, N, a, sam, sak, b, N, kn, q0, q1, 5); break;
+                default: gemm_tile(c, N, a, sam, sak, b, N, kn, q0, q1, 6); break;
+                }
+            }
+        }
+    }
+}
+
 /* Fills t with the AVX-512 kernels. */
 bool mg_kernels_fill_avx512(mg_kernel_table *t) {
     t->name = "avx512";
@@ -783,6 +837,7 @@ bool mg_kernels_fill_avx512(mg_kernel_table *t) {
     t->transpose = transpose;
     t->gelu_bwd = gelu_bwd;
     t->vec_add = vec_add;
+    t->gemm_acc = gemm_acc;
     return true;
 }
 

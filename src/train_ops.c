@@ -19,84 +19,41 @@
 void tr_linear_fwd(mg_pool *pool, float *y, const float *x, const float *W, const float *b, int64_t M,
                    int64_t N, int64_t K) {
     static const mg_kernel_opts kopts = {false};
-    mg_kernels_init();
     mg_matmul(pool, &kopts, y, x, W, MG_TYPE_F32, M, N, K, NULL);
     if (b)
         for (int64_t m = 0; m < M; m++) mg_vec_add(y + m * N, b, N);
 }
 
 typedef struct {
-    float *dx, *dW, *db;
-    const float *dy, *x, *W;
-    int64_t M, N, K;
+    float *db;
+    const float *dy;
+    int64_t M, N;
 } lin_bwd_ctx;
 
-/* dx rows [i0, i1): dx[m, :] += sum_n dy[m, n] W[n, :]. */
-static void lin_bwd_dx_task(void *vc, int64_t i0, int64_t i1, int ith) {
+/* db[n] += sum_m dy[m, n] for columns [i0, i1), summed in double, m ascending, row by row. */
+static void lin_bwd_db_task(void *vc, int64_t i0, int64_t i1, int ith) {
     const lin_bwd_ctx *c = vc;
-    for (int64_t m = i0; m < i1; m++) {
-        float *dxm = c->dx + m * c->K;                 /* [K] */
-        const float *dym = c->dy + m * c->N;           /* [N] */
-        for (int64_t n = 0; n < c->N; n++) {
-            const float g = dym[n];
-            if (g == 0.0f) continue;
-            const float *wn = c->W + n * c->K;         /* [K] */
-            for (int64_t k = 0; k < c->K; k++) dxm[k] += g * wn[k];
-        }
-    }
-}
-
-/* dW rows [i0, i1): dW[n, :] += sum_m dy[m, n] x[m, :]; db[n] += sum_m dy[m, n]. */
-static void lin_bwd_dw_task(void *vc, int64_t i0, int64_t i1, int ith) {
-    const lin_bwd_ctx *c = vc;
-    for (int64_t n = i0; n < i1; n++) {
-        float *dwn = c->dW ? c->dW + n * c->K : NULL;  /* [K] */
-        double bsum = 0.0;
+    for (int64_t n0 = i0; n0 < i1; n0 += 256) {
+        const int64_t nn = MG_MIN((int64_t)256, i1 - n0);
+        double acc[256] = {0};
         for (int64_t m = 0; m < c->M; m++) {
-            const float g = c->dy[m * c->N + n];
-            bsum += g;
-            if (!dwn || g == 0.0f) continue;
-            const float *xm = c->x + m * c->K;         /* [K] */
-            for (int64_t k = 0; k < c->K; k++) dwn[k] += g * xm[k];
+            const float *row = c->dy + m * c->N + n0;
+            for (int64_t i = 0; i < nn; i++) acc[i] += row[i];
         }
-        if (c->db) c->db[n] += (float)bsum;
+        for (int64_t i = 0; i < nn; i++) c->db[n0 + i] += (float)acc[i];
     }
 }
 
-/* dst[C, R] = src[R, C]^T. */
-static void transpose(float *dst, const float *src, int64_t R, int64_t C) { mg_transpose(dst, src, R, C); }
-
-/* Backward of y = x W^T + b; each of dx, dW, db may be NULL. Both products go through the
- * engine's fp32 matmul (SIMD, threaded) on transposed copies:
- *   dx[M, K] += dy[M, N] . (W^T)[K, N]^T        dW[N, K] += (dy^T)[N, M] . (x^T)[K, M]^T
- * The plain loops above remain as the fallback when the scratch cannot be allocated. */
+/* Backward of y = x W^T + b; each of dx, dW, db may be NULL. Both products accumulate in place
+ * through the engine's fp32 C += op(A) . B kernel (SIMD, threaded), no copies:
+ *   dx[M, K] += dy[M, N] . W[N, K]          dW[N, K] += (dy[M, N])^T . x[M, K] */
 void tr_linear_bwd(mg_pool *pool, float *dx, float *dW, float *db, const float *dy, const float *x,
                    const float *W, int64_t M, int64_t N, int64_t K) {
     static const mg_kernel_opts kopts = {false};
-    lin_bwd_ctx c = {dx, dW, db, dy, x, W, M, N, K};
-    const size_t need = (size_t)MG_MAX(dx ? N * K + M * K : 0, dW ? N * M + K * M + N * K : 0);
-    float *s = need ? malloc(need * sizeof(float)) : NULL;
-    mg_kernels_init();
-    if (dx) {
-        if (s) {
-            float *wt = s, *tmp = s + N * K;
-            transpose(wt, W, N, K);
-            mg_matmul(pool, &kopts, tmp, dy, wt, MG_TYPE_F32, M, K, N, NULL);
-            mg_vec_add(dx, tmp, M * K);
-        } else {
-            mg_pool_run(pool, M, 1, lin_bwd_dx_task, &c);
-        }
-    }
-    if (dW && s) {
-        float *dyt = s, *xt = s + N * M, *tmp = xt + K * M;
-        transpose(dyt, dy, M, N);
-        transpose(xt, x, M, K);
-        mg_matmul(pool, &kopts, tmp, dyt, xt, MG_TYPE_F32, N, K, M, NULL);
-        mg_vec_add(dW, tmp, N * K);
-        c.dW = NULL; /* done; the task below only sums db */
-    }
-    if (c.dW || db) mg_pool_run(pool, N, 1, lin_bwd_dw_task, &c);
-    free(s);
+    lin_bwd_ctx c = {db, dy, M, N};
+    if (dx) mg_gemm_acc(pool, &kopts, dx, dy, W, M, K, N, false);
+    if (dW) mg_gemm_acc(pool, &kopts, dW, dy, x, N, K, M, true);
+    if (db) mg_pool_run(pool, N, 64, lin_bwd_db_task, &c);
 }
 
 /* ==== Normalisations ==== */
@@ -284,7 +241,7 @@ static inline float dotf(const float *a, const float *b, int n) {
  * and its transpose [hd, T] when `t` is not NULL. */
 static void gather_head(float *dst, float *t, const float *src, int T, int hd, int stride, int off) {
     for (int i = 0; i < T; i++) memcpy(dst + (size_t)i * hd, src + (size_t)i * stride + off, (size_t)hd * sizeof(float));
-    if (t) transpose(t, dst, T, hd);
+    if (t) mg_transpose(t, dst, T, hd);
 }
 
 /* Forward for query heads [h0, h1) as two products through the fp32 matmul (serial inside the
@@ -436,13 +393,13 @@ static void attn_bwd_task(void *vc, int64_t g0, int64_t g1, int ith) {
                 for (int j = n; j < T; j++) ds[j] = 0.0f;
             }
             if (c->dv) { /* dV[j, e] += sum_i A[i, j] dO[i, e] */
-                transpose(tr, A, T, T);
+                mg_transpose(tr, A, T, T);
                 mg_matmul(NULL, &kopts, tmp, tr, dOt, MG_TYPE_F32, T, hd, T, NULL);
                 for (int j = 0; j < T; j++) mg_vec_add(c->dv + (size_t)j * ks + g * hd, tmp + (size_t)j * hd, hd);
             }
             mg_matmul(NULL, &kopts, tmp, dS, Kt, MG_TYPE_F32, T, hd, T, NULL); /* dQ_h */
             for (int i = 0; i < T; i++) mg_vec_add(c->dqr + (size_t)i * qs + h * hd, tmp + (size_t)i * hd, hd);
-            transpose(tr, dS, T, T);
+            mg_transpose(tr, dS, T, T);
             mg_matmul(NULL, &kopts, acc, tr, Qt, MG_TYPE_F32, T, hd, T, NULL); /* dK from head h */
             for (int j = 0; j < T; j++) mg_vec_add(c->dkr + (size_t)j * ks + g * hd, acc + (size_t)j * hd, hd);
         }

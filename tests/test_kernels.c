@@ -903,3 +903,65 @@ TEST(kernels_gelu_bwd_and_vec_add) {
     CHECK(checked > 0);
     printf("    gelu_bwd max diff from double / (|dx| + |dout|): %.2g\n", worst);
 }
+
+/* mg_gemm_acc (the trainer's backward products): C + op(A) . B against a double-precision sum on
+ * tile-sized, tail and odd shapes, both layouts of A, on the reference and the selected path,
+ * within the fp32 accumulation bound (K + 1) * 2^-24 * (|C| + sum |a b|); and 1, 2 and 3
+ * threads give the same bits (each element is summed in one order whatever the split). */
+TEST(kernels_gemm_acc) {
+    static const int64_t shapes[][3] = {{1, 1, 1},    {1, 37, 5},    {7, 33, 17},    {6, 32, 256},
+                                        {13, 31, 257}, {49, 129, 3},  {145, 128, 384}, {50, 300, 128}};
+    uint64_t rng = 5150;
+    mg_pool *pools[3] = {NULL, NULL, NULL};
+    for (int t = 1; t < 3; t++) CHECK(mg_pool_create(&pools[t], t + 1) == MG_OK);
+    double worst = 0;
+    for (size_t s = 0; s < MG_ARRAY_LEN(shapes); s++) {
+        const int64_t M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        float *A = malloc((size_t)(M * K) * sizeof(float)), *B = malloc((size_t)(K * N) * sizeof(float));
+        float *C0 = malloc((size_t)(M * N) * sizeof(float)), *C = malloc((size_t)(M * N + 1) * sizeof(float));
+        float *C1 = malloc((size_t)(M * N) * sizeof(float));
+        CHECK(A && B && C0 && C && C1);
+        if (!A || !B || !C0 || !C || !C1) return;
+        for (int64_t i = 0; i < M * K; i++) A[i] = test_rng_float(&rng);
+        for (int64_t i = 0; i < K * N; i++) B[i] = test_rng_float(&rng);
+        for (int64_t i = 0; i < M * N; i++) C0[i] = test_rng_float(&rng);
+        for (int trans = 0; trans < 2; trans++)
+            for (int use_ref = 0; use_ref < 2; use_ref++) {
+                const mg_kernel_opts o = {use_ref != 0};
+                int bad = 0;
+                for (int t = 0; t < 3; t++) {
+                    memcpy(C, C0, (size_t)(M * N) * sizeof(float));
+                    C[M * N] = 777.0f; /* guard */
+                    mg_gemm_acc(pools[t], &o, C, A, B, M, N, K, trans != 0);
+                    CHECK(C[M * N] == 777.0f);
+                    if (t == 0) {
+                        memcpy(C1, C, (size_t)(M * N) * sizeof(float));
+                        for (int64_t m = 0; m < M; m++)
+                            for (int64_t n = 0; n < N; n++) {
+                                double sum = C0[m * N + n], mag = fabs((double)C0[m * N + n]);
+                                for (int64_t k = 0; k < K; k++) {
+                                    const double p = (double)(trans ? A[k * M + m] : A[m * K + k]) * B[k * N + n];
+                                    sum += p;
+                                    mag += fabs(p);
+                                }
+                                const double e = fabs(sum - C[m * N + n]);
+                                bad += !(e <= (double)(K + 1) * 0x1p-24 * mag);
+                                if (e / mag > worst) worst = e / mag;
+                            }
+                    } else {
+                        CHECK_MSG(memcmp(C, C1, (size_t)(M * N) * sizeof(float)) == 0, "%lld x %lld x %lld: %d threads differ",
+                                  (long long)M, (long long)N, (long long)K, t + 1);
+                    }
+                }
+                CHECK_MSG(bad == 0, "%lld x %lld x %lld trans %d ref %d: %d outside the bound", (long long)M, (long long)N,
+                          (long long)K, trans, use_ref, bad);
+            }
+        free(A);
+        free(B);
+        free(C0);
+        free(C);
+        free(C1);
+    }
+    for (int t = 1; t < 3; t++) mg_pool_free(pools[t]);
+    printf("    max |err| / (|C| + sum |a b|): %.2g\n", worst);
+}
