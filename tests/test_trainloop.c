@@ -306,7 +306,7 @@ TEST(trainloop_vocab_units) {
 }
 
 /* The shipped demo model (or MG_DEMO_MODEL) answers [refer] on held-out synthetic images: at least
- * 7 of 10 with IoU > 0.5 (a real check). */
+ * 9 of 10 with IoU > 0.5 (a real check; it scores 99.9% on 1,000 such scenes, docs/DEMO_MODEL.md). */
 TEST(demo_model_refer) {
     const char *path = getenv("MG_DEMO_MODEL") ? getenv("MG_DEMO_MODEL") : "models/demo.gguf";
     FILE *fp = fopen(path, "rb");
@@ -357,7 +357,7 @@ TEST(demo_model_refer) {
     }
     free(ex);
     CHECK_EQ_INT(asked, 10);
-    CHECK_MSG(hits >= 7, "%d of %d held-out [refer] answers with IoU > 0.5", hits, asked);
+    CHECK_MSG(hits >= 9, "%d of %d held-out [refer] answers with IoU > 0.5", hits, asked);
     mg_sampler_free(smp);
     mg_vl_free(vl);
     mg_model_close(m);
