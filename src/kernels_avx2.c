@@ -229,6 +229,67 @@ static void quantize_q8_0(const float *x, void *yv, int64_t k) {
     }
 }
 
+/* ==== C += op(A) . B (the trainer's backward products) ==== */
+
+/* As the AVX-512 version: tiles of 6 rows x 16 columns (two 8-lane vectors, 12 accumulators),
+ * k in blocks of 256; a strip narrower than 16 columns goes through the plain loop, which keeps
+ * the per-element order (C, then k ascending). */
+#define G2M 6
+#define G2KC 256
+
+static inline __attribute__((always_inline)) void gemm_tile2(float *C, int64_t ldc, const float *A, int64_t sam,
+                                                             int64_t sak, const float *B, int64_t ldb, int64_t kn,
+                                                             int R) {
+    __m256 c0[G2M], c1[G2M];
+    _Pragma("GCC unroll 8") for (int r = 0; r < G2M; r++) if (r < R) {
+        c0[r] = _mm256_loadu_ps(C + r * ldc);
+        c1[r] = _mm256_loadu_ps(C + r * ldc + 8);
+    }
+    for (int64_t k = 0; k < kn; k++) {
+        const __m256 b0 = _mm256_loadu_ps(B + k * ldb), b1 = _mm256_loadu_ps(B + k * ldb + 8);
+        const float *a = A + k * sak;
+        _Pragma("GCC unroll 8") for (int r = 0; r < G2M; r++) if (r < R) {
+            const __m256 av = _mm256_broadcast_ss(a + r * sam);
+            c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
+            c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+        }
+    }
+    _Pragma("GCC unroll 8") for (int r = 0; r < G2M; r++) if (r < R) {
+        _mm256_storeu_ps(C + r * ldc, c0[r]);
+        _mm256_storeu_ps(C + r * ldc + 8, c1[r]);
+    }
+}
+
+static void gemm_acc(float *C, const float *A, const float *B, int64_t M, int64_t N, int64_t K, bool a_trans,
+                     int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    const int64_t sam = a_trans ? 1 : K, sak = a_trans ? M : 1; /* A(m, k) = A[m * sam + k * sak] */
+    for (int64_t k0 = 0; k0 < K; k0 += G2KC) {
+        const int64_t kn = K - k0 < G2KC ? K - k0 : G2KC;
+        for (int64_t n = n0; n < n1; n += 16) {
+            if (n1 - n < 16) { /* narrow strip */
+                for (int64_t m = m0; m < m1; m++)
+                    for (int64_t k = k0; k < k0 + kn; k++) {
+                        const float a = A[m * sam + k * sak];
+                        for (int64_t j = n; j < n1; j++) C[m * N + j] += a * B[k * N + j];
+                    }
+                continue;
+            }
+            for (int64_t m = m0; m < m1; m += G2M) {
+                float *c = C + m * N + n;
+                const float *a = A + m * sam + k0 * sak, *b = B + k0 * N + n;
+                switch ((int)(m1 - m < G2M ? m1 - m : G2M)) {
+                case 1: gemm_tile2(c, N, a, sam, sak, b, N, kn, 1); break;
+                case 2: gemm_tile2(c, N, a, sam, sak, b, N, kn, 2); break;
+                case 3: gemm_tile2(c, N, a, sam, sak, b, N, kn, 3); break;
+                case 4: gemm_tile2(c, N, a, sam, sak, b, N, kn, 4); break;
+                case 5: gemm_tile2(c, N, a, sam, sak, b, N, kn, 5); break;
+                default: gemm_tile2(c, N, a, sam, sak, b, N, kn, 6); break;
+                }
+            }
+        }
+    }
+}
+
 /* Fills t with the AVX2 kernels. */
 bool mg_kernels_fill_avx2(mg_kernel_table *t) {
     t->name = "avx2";
@@ -238,6 +299,7 @@ bool mg_kernels_fill_avx2(mg_kernel_table *t) {
     t->mm_q8_0 = mm_q8_0;
     t->mm_q4_0 = mm_q4_0;
     t->quantize_q8_0 = quantize_q8_0;
+    t->gemm_acc = gemm_acc;
     return true;
 }
 
