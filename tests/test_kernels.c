@@ -904,6 +904,26 @@ TEST(kernels_gelu_bwd_and_vec_add) {
     printf("    gelu_bwd max diff from double / (|dx| + |dout|): %.2g\n", worst);
 }
 
+/* Elements of C (= C0 + op(A) . B in fp32) off the double-precision sum by more than the bound of a
+ * sequential fp32 sum, (K + 1) * 2^-24 * (|C0| + sum |a b|); *worst gets the largest error / bound scale. */
+static int gemm_outside_bound(const float *C, const float *C0, const float *A, const float *B, int64_t M, int64_t N,
+                              int64_t K, bool trans, double *worst) {
+    int bad = 0;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            double sum = C0[m * N + n], mag = fabs((double)C0[m * N + n]);
+            for (int64_t k = 0; k < K; k++) {
+                const double p = (double)(trans ? A[k * M + m] : A[m * K + k]) * B[k * N + n];
+                sum += p;
+                mag += fabs(p);
+            }
+            const double e = fabs(sum - C[m * N + n]);
+            bad += !(e <= (double)(K + 1) * 0x1p-24 * mag);
+            if (mag > 0 && e / mag > *worst) *worst = e / mag;
+        }
+    return bad;
+}
+
 /* mg_gemm_acc (the trainer's backward products): C + op(A) . B against a double-precision sum on
  * tile-sized, tail and odd shapes, both layouts of A, on the reference and the selected path,
  * within the fp32 accumulation bound (K + 1) * 2^-24 * (|C| + sum |a b|); and 1, 2 and 3
@@ -937,18 +957,7 @@ TEST(kernels_gemm_acc) {
                     CHECK(C[M * N] == 777.0f);
                     if (t == 0) {
                         memcpy(C1, C, (size_t)(M * N) * sizeof(float));
-                        for (int64_t m = 0; m < M; m++)
-                            for (int64_t n = 0; n < N; n++) {
-                                double sum = C0[m * N + n], mag = fabs((double)C0[m * N + n]);
-                                for (int64_t k = 0; k < K; k++) {
-                                    const double p = (double)(trans ? A[k * M + m] : A[m * K + k]) * B[k * N + n];
-                                    sum += p;
-                                    mag += fabs(p);
-                                }
-                                const double e = fabs(sum - C[m * N + n]);
-                                bad += !(e <= (double)(K + 1) * 0x1p-24 * mag);
-                                if (e / mag > worst) worst = e / mag;
-                            }
+                        bad += gemm_outside_bound(C, C0, A, B, M, N, K, trans != 0, &worst);
                     } else {
                         CHECK_MSG(memcmp(C, C1, (size_t)(M * N) * sizeof(float)) == 0, "%lld x %lld x %lld: %d threads differ",
                                   (long long)M, (long long)N, (long long)K, t + 1);
@@ -964,17 +973,7 @@ TEST(kernels_gemm_acc) {
                 if (!have || !tb.gemm_acc) continue;
                 memcpy(C, C0, (size_t)(M * N) * sizeof(float));
                 tb.gemm_acc(C, A, B, M, N, K, trans != 0, 0, M, 0, N);
-                int bad = 0;
-                for (int64_t m = 0; m < M; m++)
-                    for (int64_t n = 0; n < N; n++) {
-                        double sum = C0[m * N + n], mag = fabs((double)C0[m * N + n]);
-                        for (int64_t k = 0; k < K; k++) {
-                            const double p = (double)(trans ? A[k * M + m] : A[m * K + k]) * B[k * N + n];
-                            sum += p;
-                            mag += fabs(p);
-                        }
-                        bad += !(fabs(sum - C[m * N + n]) <= (double)(K + 1) * 0x1p-24 * mag);
-                    }
+                const int bad = gemm_outside_bound(C, C0, A, B, M, N, K, trans != 0, &worst);
                 CHECK_MSG(bad == 0, "table %d: %lld x %lld x %lld trans %d: %d outside the bound", which, (long long)M,
                           (long long)N, (long long)K, trans, bad);
                 tables++;
