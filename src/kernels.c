@@ -133,9 +133,8 @@ static void gemm_acc_ref(float *C, const float *A, const float *B, int64_t M, in
 }
 
 static const mg_kernel_table ref_table = {
-    "ref",         mm_ref,  mm_ref,  mm_ref,        mm_ref,      mm_ref, quantize_q8_0_ref, attn_scores_ref,
-    attn_values_ref, mg_rmsnorm, mg_softmax, mg_silu, mg_gelu, transpose_ref, mg_gelu_bwd, vec_add_ref,
-    gemm_acc_ref,
+    "ref", mm_ref, mm_ref, mm_ref, mm_ref, mm_ref, quantize_q8_0_ref, attn_scores_ref, attn_values_ref,
+    mg_rmsnorm, mg_softmax, mg_silu, mg_gelu, transpose_ref, mg_gelu_bwd, vec_add_ref, gemm_acc_ref,
 };
 static mg_kernel_table sel_table;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;

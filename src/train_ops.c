@@ -171,13 +171,10 @@ void tr_swiglu_bwd(float *dgate, float *dup, const float *dout, const float *gat
     }
 }
 
-/* One softmax row in place over n values (max-subtracted, sum in double; the selected kernel). */
-static void softmax_row(float *y, int64_t n) { mg_softmax_simd(y, n); }
-
 /* Row softmax forward. */
 void tr_softmax_fwd(float *y, const float *x, int64_t M, int64_t C) {
     if (y != x) memcpy(y, x, (size_t)(M * C) * sizeof(float));
-    for (int64_t m = 0; m < M; m++) softmax_row(y + m * C, C);
+    for (int64_t m = 0; m < M; m++) mg_softmax_simd(y + m * C, C); /* sum in double */
 }
 
 /* Row softmax backward. */
@@ -273,7 +270,7 @@ static void attn_fwd_task(void *vc, int64_t h0, int64_t h1, int ith) {
             float *a = A + (size_t)i * T;
             const int n = d->causal ? i + 1 : T;
             for (int j = 0; j < n; j++) a[j] *= scale;
-            softmax_row(a, n);
+            mg_softmax_simd(a, n);
             for (int j = n; j < T; j++) a[j] = 0.0f;
         }
         if (s) {
