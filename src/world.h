@@ -54,7 +54,7 @@ typedef struct {
 /* Classes of world_patch_labels: 0 background, 1 + color * WORLD_N_SHAPES + shape. */
 #define WORLD_PATCH_CLASSES (1 + WORLD_N_COLORS * WORLD_N_SHAPES)
 /* The one-object world of the shipped demo model (models/demo.gguf: stage 8 of
- * scripts/train_demo.sh; its last stage adds scenes of two and three objects; docs/DEMO_MODEL.md)
+ * scripts/train_demo.sh; its last stages add scenes of two and three objects; docs/DEMO_MODEL.md)
  * as a --scene spec: its held-out scenes are what the model tests ask about. */
 #define WORLD_DEMO_SCENE "objects=1,bg=plain,shapes=circle+square+triangle+star+diamond+cross,sizes=medium+large"
 /* Label of each patch x patch cell (row-major): the object covering most of the cell's samples
