@@ -408,8 +408,9 @@ mg_status tr_parse_mode(const char *s, int *mask, char *err, size_t err_len) {
     if (s && strcmp(s, "proj") == 0) *mask = TR_GROUP_PROJ;
     else if (s && strcmp(s, "proj+llm") == 0) *mask = TR_GROUP_PROJ | TR_GROUP_LLM;
     else if (s && strcmp(s, "all") == 0) *mask = TR_GROUP_VISION | TR_GROUP_PROJ | TR_GROUP_LLM;
-    else return mg_err(err, err_len, MG_ERR_INVALID_ARG, "unknown training mode '%s' (proj, proj+llm, all)",
-                       s ? s : "(null)");
+    else if (s && strcmp(s, "vision-aux") == 0) *mask = TR_GROUP_VISION | TR_AUX_ONLY;
+    else return mg_err(err, err_len, MG_ERR_INVALID_ARG,
+                       "unknown training mode '%s' (proj, proj+llm, all, vision-aux)", s ? s : "(null)");
     return MG_OK;
 }
 
@@ -580,8 +581,9 @@ static void vision_bwd(tr_model *m, tr_cache *ch, mg_pool *pool, const tr_w *W, 
     const int64_t PP3 = 3 * (int64_t)c->patch_size * c->patch_size;
     const bool tower = (m->train_mask & TR_GROUP_VISION) != 0;
     if (tower) memset(ch->dmerged, 0, (size_t)(Np * E) * sizeof(float));
-    tr_linear_bwd(pool, tower ? ch->dmerged : NULL, D->proj_w, D->proj_b, dout, ch->merged, W->proj_w, Np / 4,
-                  c->n_embd, 4 * E);
+    if (dout) /* NULL: no gradient from the language model (the auxiliary heads alone) */
+        tr_linear_bwd(pool, tower ? ch->dmerged : NULL, D->proj_w, D->proj_b, dout, ch->merged, W->proj_w, Np / 4,
+                      c->n_embd, 4 * E);
     if (!tower) return;
     float *dres = ch->vres; /* [Tv, E] gradient of the residual stream */
     memset(ch->vdn, 0, (size_t)(Tv * E) * sizeof(float));
@@ -674,6 +676,63 @@ const float *tr_last_aux_logits(const tr_model *m) {
     return m && m->cache && m->cache->aux_last ? m->cache->aux_logits : NULL;
 }
 
+/* The auxiliary heads on the ln_vision patch rows (CLS excluded): patch classification and the
+ * pixel mask, when the example asks for them. Sets *aux / *amask to which ran; returns their
+ * weighted loss. */
+static float aux_heads_fwd(tr_model *m, tr_cache *ch, mg_pool *pool, const tr_w *W, const tr_example *ex,
+                           bool backward, float scale, bool *aux, bool *amask) {
+    const tr_config *c = &m->cfg;
+    const int64_t E = c->v_embd, G = c->image_size / c->patch_size, Np = G * G;
+    float total = 0.0f;
+    *aux = ex->patch_labels && ex->aux_weight > 0 && c->aux_classes > 0;
+    ch->aux_last = *aux;
+    if (*aux) {
+        const int64_t C = c->aux_classes;
+        for (int64_t i = 0; i < Np; i++) {
+            const int32_t t = ex->patch_labels[i];
+            ch->aux_mask[i] = t >= 0 && t < C;
+            ch->aux_tgt[i] = ch->aux_mask[i] ? t : 0;
+        }
+        tr_linear_fwd(pool, ch->aux_logits, ch->pln + E, W->aux_w, W->aux_b, Np, C, E);
+        if (backward) memset(ch->aux_dlogits, 0, (size_t)(Np * C) * sizeof(float));
+        const float al = tr_cross_entropy(backward ? ch->aux_dlogits : NULL, ch->aux_logits, ch->aux_tgt,
+                                          ch->aux_mask, Np, C, scale * ex->aux_weight);
+        if (ex->aux_loss) *ex->aux_loss = al;
+        total += ex->aux_weight * al;
+    } else if (ex->aux_loss) {
+        *ex->aux_loss = 0.0f;
+    }
+    *amask = ex->patch_masks && ex->mask_weight > 0 && c->aux_mask > 0;
+    if (*amask) { /* which pixels of each patch are an object's */
+        const int64_t Q = c->aux_mask;
+        tr_linear_fwd(pool, ch->mask_logits, ch->pln + E, W->mask_w, W->mask_b, Np, Q, E);
+        const float ml = tr_bce_logits(backward ? ch->mask_dlogits : NULL, ch->mask_logits, ex->patch_masks, Np * Q,
+                                       scale * ex->mask_weight);
+        if (ex->mask_loss) *ex->mask_loss = ml;
+        total += ex->mask_weight * ml;
+    } else if (ex->mask_loss) {
+        *ex->mask_loss = 0.0f;
+    }
+    return total;
+}
+
+/* Backward of aux_heads_fwd: head gradients into D, and the gradient of the ln_vision patch rows
+ * (NULL when no head ran or none learns). */
+static const float *aux_heads_bwd(tr_model *m, tr_cache *ch, mg_pool *pool, const tr_w *W, const tr_w *D, bool aux,
+                                  bool amask) {
+    const tr_config *c = &m->cfg;
+    const int64_t E = c->v_embd, G = c->image_size / c->patch_size, Np = G * G;
+    if (!((aux && D->aux_w) || (amask && D->mask_w))) return NULL;
+    memset(ch->aux_dfeat, 0, (size_t)(Np * E) * sizeof(float));
+    if (aux && D->aux_w)
+        tr_linear_bwd(pool, ch->aux_dfeat, D->aux_w, D->aux_b, ch->aux_dlogits, ch->pln + E, W->aux_w, Np,
+                      c->aux_classes, E);
+    if (amask && D->mask_w)
+        tr_linear_bwd(pool, ch->aux_dfeat, D->mask_w, D->mask_b, ch->mask_dlogits, ch->pln + E, W->mask_w, Np,
+                      c->aux_mask, E);
+    return ch->aux_dfeat;
+}
+
 /* Forward (and backward) over one example with activations in ch, gradients added to grads
  * (layout of m->params), matmuls on pool (NULL: serial). */
 static mg_status fb_one(tr_model *m, tr_cache *ch, mg_pool *pool, float *grads, const tr_example *ex,
@@ -685,13 +744,20 @@ static mg_status fb_one(tr_model *m, tr_cache *ch, mg_pool *pool, float *grads, 
     tr_w W = {.vb = ch->vb_p, .lb = ch->lb_p}, D = {.vb = ch->vb_g, .lb = ch->lb_g};
     bind(m, &W, m->params, ~0);
     bind(m, &D, grads, m->train_mask);
-    const int G = c->image_size / c->patch_size, n_img = G * G / 4;
     const int64_t d = c->n_embd, hd = d / c->n_head, qd = c->n_head * hd, kvd = c->n_head_kv * hd, F = c->n_ff,
                   V = c->n_vocab, Ls = L;
 
     /* Input rows: text embeddings around the projected image. */
     float *x0 = ch->x;
     vision_fwd(m, ch, pool, &W, ex->image, x0 + (int64_t)ex->img_pos * d);
+    if (backward && (m->train_mask & TR_AUX_ONLY)) { /* the tower from the auxiliary heads alone */
+        bool aux, amask;
+        *loss = aux_heads_fwd(m, ch, pool, &W, ex, true, scale, &aux, &amask);
+        if (!aux && !amask)
+            return mg_err(err, err_len, MG_ERR_INVALID_ARG, "train: vision-aux mode needs an auxiliary loss");
+        vision_bwd(m, ch, pool, &W, &D, NULL, aux_heads_bwd(m, ch, pool, &W, &D, aux, amask));
+        return MG_OK;
+    }
     for (int s = 0; s < L; s++)
         if (ch->ids[s] >= 0) tr_embed_fwd(x0 + s * d, W.tok, &ch->ids[s], 1, d);
 
@@ -722,33 +788,8 @@ static mg_status fb_one(tr_model *m, tr_cache *ch, mg_pool *pool, float *grads, 
     tr_linear_fwd(pool, ch->logits, ch->nf, W.out, NULL, Ls, V, d);
     if (backward) memset(ch->dlogits, 0, (size_t)(Ls * V) * sizeof(float));
     *loss = tr_cross_entropy(backward ? ch->dlogits : NULL, ch->logits, ch->targets, ch->tmask, Ls, V, scale);
-    const bool aux = ex->patch_labels && ex->aux_weight > 0 && c->aux_classes > 0;
-    ch->aux_last = aux;
-    if (aux) { /* auxiliary patch classification on the ln_vision rows (CLS excluded) */
-        const int64_t E = c->v_embd, Np = (int64_t)n_img * 4, C = c->aux_classes;
-        for (int64_t i = 0; i < Np; i++) {
-            const int32_t t = ex->patch_labels[i];
-            ch->aux_mask[i] = t >= 0 && t < C;
-            ch->aux_tgt[i] = ch->aux_mask[i] ? t : 0;
-        }
-        tr_linear_fwd(pool, ch->aux_logits, ch->pln + E, W.aux_w, W.aux_b, Np, C, E);
-        if (backward) memset(ch->aux_dlogits, 0, (size_t)(Np * C) * sizeof(float));
-        const float al = tr_cross_entropy(backward ? ch->aux_dlogits : NULL, ch->aux_logits, ch->aux_tgt,
-                                          ch->aux_mask, Np, C, scale * ex->aux_weight);
-        if (ex->aux_loss) *ex->aux_loss = al;
-    } else if (ex->aux_loss) {
-        *ex->aux_loss = 0.0f;
-    }
-    const bool amask = ex->patch_masks && ex->mask_weight > 0 && c->aux_mask > 0;
-    if (amask) { /* auxiliary mask head: which pixels of each patch are an object's */
-        const int64_t E = c->v_embd, Np = (int64_t)n_img * 4, Q = c->aux_mask;
-        tr_linear_fwd(pool, ch->mask_logits, ch->pln + E, W.mask_w, W.mask_b, Np, Q, E);
-        const float ml = tr_bce_logits(backward ? ch->mask_dlogits : NULL, ch->mask_logits, ex->patch_masks, Np * Q,
-                                       scale * ex->mask_weight);
-        if (ex->mask_loss) *ex->mask_loss = ml;
-    } else if (ex->mask_loss) {
-        *ex->mask_loss = 0.0f;
-    }
+    bool aux, amask;
+    aux_heads_fwd(m, ch, pool, &W, ex, backward, scale, &aux, &amask);
     if (!backward) return MG_OK;
 
     /* ---- backward ---- */
@@ -787,18 +828,7 @@ static mg_status fb_one(tr_model *m, tr_cache *ch, mg_pool *pool, float *grads, 
     if (D.tok)
         for (int s = 0; s < L; s++)
             if (ch->ids[s] >= 0) tr_embed_bwd(D.tok, dres + s * d, &ch->ids[s], 1, d);
-    const float *dfeat = NULL;
-    if ((aux && D.aux_w) || (amask && D.mask_w)) { /* the auxiliary heads' backward, into the ln_vision patch rows */
-        const int64_t E = c->v_embd, Np = (int64_t)n_img * 4;
-        memset(ch->aux_dfeat, 0, (size_t)(Np * E) * sizeof(float));
-        if (aux && D.aux_w)
-            tr_linear_bwd(pool, ch->aux_dfeat, D.aux_w, D.aux_b, ch->aux_dlogits, ch->pln + E, W.aux_w, Np,
-                          c->aux_classes, E);
-        if (amask && D.mask_w)
-            tr_linear_bwd(pool, ch->aux_dfeat, D.mask_w, D.mask_b, ch->mask_dlogits, ch->pln + E, W.mask_w, Np,
-                          c->aux_mask, E);
-        dfeat = ch->aux_dfeat;
-    }
+    const float *dfeat = aux_heads_bwd(m, ch, pool, &W, &D, aux, amask);
     if (m->train_mask & (TR_GROUP_PROJ | TR_GROUP_VISION))
         vision_bwd(m, ch, pool, &W, &D, dres + (int64_t)ex->img_pos * d, dfeat);
     return MG_OK;
@@ -1106,7 +1136,7 @@ mg_status tr_load_with(tr_model **out, const char *path, int n_threads, bool add
         goto done;
     }
     m->step = step < 0 ? 0 : step;
-    m->train_mask = (int)(groups & (TR_GROUP_VISION | TR_GROUP_PROJ | TR_GROUP_LLM));
+    m->train_mask = (int)(groups & (TR_GROUP_VISION | TR_GROUP_PROJ | TR_GROUP_LLM | TR_AUX_ONLY));
     *out = m;
 done:
     gguf_close(f);

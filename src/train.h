@@ -52,7 +52,11 @@ typedef struct {
 enum {
     TR_GROUP_VISION = 1, /* ViT, ln_vision */
     TR_GROUP_PROJ = 2,   /* mm.proj */
-    TR_GROUP_LLM = 4     /* token_embd, decoder blocks, output_norm, output */
+    TR_GROUP_LLM = 4,    /* token_embd, decoder blocks, output_norm, output */
+    /* Not a group: a flag of the train mask. Training steps run the vision tower and the
+     * auxiliary heads only, and the loss is the auxiliary loss (the language model is not run;
+     * evaluation forwards still run everything). Used with TR_GROUP_VISION ("vision-aux"). */
+    TR_AUX_ONLY = 8
 };
 
 typedef struct {

@@ -454,6 +454,7 @@ typedef struct {
     float *image;          /* [3, S, S] */
     int32_t *plabels;      /* [slots, Np] auxiliary patch labels (when the model has the head) */
     int n_patch, patch;    /* Np and the patch size */
+    bool shape_labels;     /* the head classifies shape only (WORLD_PATCH_SHAPE_CLASSES) */
     float *aux_loss;       /* [slots] */
     float *pmasks;         /* [slots, Np * P * P] auxiliary pixel masks (when the model has the head) */
     float *mask_loss;      /* [slots] */
@@ -529,6 +530,8 @@ static mg_status data_get(tl_data *d, uint64_t c, bool eval, int slot, tr_exampl
             if (st == MG_OK && d->plabels) {
                 int32_t *lab = d->plabels + (size_t)slot * (size_t)d->n_patch;
                 st = world_patch_labels(&sc, d->patch, lab, err, err_len);
+                for (int i = 0; st == MG_OK && d->shape_labels && i < d->n_patch; i++)
+                    if (lab[i] > 0) lab[i] = 1 + (lab[i] - 1) % WORLD_N_SHAPES;
                 for (int i = 0; st == MG_OK && p->aux_objects && !eval && i < d->n_patch; i++)
                     if (lab[i] == 0) lab[i] = -1; /* background left out of the loss */
             }
@@ -707,7 +710,9 @@ static mg_status run_eval(tr_model *m, tl_data *d, tl_progress *pg, char *err, s
             for (int k = 1; k < C; k++)
                 if (l[k] > l[best]) best = k;
             obj_patch++;
-            if (best > 0) {
+            if (best > 0 && d->shape_labels) {
+                ok_shape += best == t;
+            } else if (best > 0) {
                 ok_color += (best - 1) / WORLD_N_SHAPES == (t - 1) / WORLD_N_SHAPES;
                 ok_shape += (best - 1) % WORLD_N_SHAPES == (t - 1) % WORLD_N_SHAPES;
             }
@@ -732,7 +737,7 @@ static mg_status run_eval(tr_model *m, tl_data *d, tl_progress *pg, char *err, s
     pg->eval_tok_acc = n_tok ? (float)ok_tok / (float)n_tok : 0.0f;
     pg->eval_exact = d->p->eval_n ? (float)exact / (float)d->p->eval_n : 0.0f;
     pg->eval_image_gain = d->p->eval_n ? (float)((sum_other - sum) / d->p->eval_n) : 0.0f;
-    pg->eval_patch_color = C > 0 && obj_patch ? (float)ok_color / (float)obj_patch : -1.0f;
+    pg->eval_patch_color = C > 0 && obj_patch && !d->shape_labels ? (float)ok_color / (float)obj_patch : -1.0f;
     pg->eval_patch_shape = C > 0 && obj_patch ? (float)ok_shape / (float)obj_patch : -1.0f;
     return MG_OK;
 }
@@ -791,7 +796,9 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
         } else st = tl_build_vocab(&tok, NULL, 0, err, err_len);
         if (st == MG_OK) {
             p.cfg.n_vocab = mg_tokenizer_n_vocab(tok);
-            p.cfg.aux_classes = p.aux_weight > 0 && !d.use_folder ? WORLD_PATCH_CLASSES : 0;
+            p.cfg.aux_classes = p.aux_weight > 0 && !d.use_folder
+                                    ? (p.aux_labels == TL_AUX_SHAPE ? WORLD_PATCH_SHAPE_CLASSES : WORLD_PATCH_CLASSES)
+                                    : 0;
             p.cfg.aux_mask = p.mask_weight > 0 && !d.use_folder ? p.cfg.patch_size * p.cfg.patch_size : 0;
             st = tr_model_create(&m, &p.cfg, p.seed, p.n_threads, err, err_len);
         }
@@ -825,10 +832,24 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
             if (!d.pmasks) st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
         }
         if (!d.mask_loss) st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
-        if (p.aux_weight > 0 && m->cfg.aux_classes != WORLD_PATCH_CLASSES && !d.use_folder)
+        d.shape_labels = m->cfg.aux_classes == WORLD_PATCH_SHAPE_CLASSES;
+        if ((p.train_mask & TR_AUX_ONLY) && (d.use_folder || (p.aux_weight <= 0 && p.mask_weight <= 0)))
             st = mg_err(err, err_len, MG_ERR_INVALID_ARG,
-                        "--aux needs a model with the %d-class auxiliary head (a new model, or a checkpoint "
-                        "trained with --aux; exported models have no head)", WORLD_PATCH_CLASSES);
+                        "--train vision-aux learns from the auxiliary losses alone: it needs the synthetic world "
+                        "and --aux W or --aux-mask W > 0");
+        const int want = p.aux_labels == TL_AUX_SHAPE   ? WORLD_PATCH_SHAPE_CLASSES
+                         : p.aux_labels == TL_AUX_JOINT ? WORLD_PATCH_CLASSES
+                                                        : 0;
+        if (st == MG_OK && p.aux_weight > 0 && !d.use_folder &&
+            (m->cfg.aux_classes != WORLD_PATCH_CLASSES && m->cfg.aux_classes != WORLD_PATCH_SHAPE_CLASSES))
+            st = mg_err(err, err_len, MG_ERR_INVALID_ARG,
+                        "--aux needs a model with an auxiliary head (a new model, or a checkpoint trained with "
+                        "--aux; exported models have no head)");
+        else if (st == MG_OK && p.aux_weight > 0 && want && m->cfg.aux_classes != want)
+            st = mg_err(err, err_len, MG_ERR_INVALID_ARG,
+                        "--aux-labels %s: the model's auxiliary head has %d classes, not %d (the labels of a "
+                        "head are fixed when it is made)", p.aux_labels == TL_AUX_SHAPE ? "shape" : "joint",
+                        m->cfg.aux_classes, want);
         batch_loss = malloc(sizeof *batch_loss * slots);
         d.ex = malloc(sizeof *d.ex * WORLD_MAX_EXAMPLES);
         if (!d.image || !d.ids || !d.mask || !d.ex || !batch_ex || !batch_loss || !d.aux_loss) st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");

@@ -29,6 +29,9 @@ typedef struct {
                                 object's; 0: off). Adds the mask head to a model that lacks it */
     bool aux_objects;        /* world: the auxiliary loss only on the patches of objects (background
                                 patches left out, so each object patch weighs more) */
+    int aux_labels;          /* world: classes of a new model's auxiliary head: TL_AUX_JOINT (colour x
+                                shape, the default) or TL_AUX_SHAPE (shape only); 0 = the default
+                                for a new model, the head's own for --init / --resume */
     int batch;               /* examples per optimizer step (gradient accumulation) */
     int64_t steps;           /* total optimizer steps (the schedule's length) */
     tr_opt opt;              /* lr, warm-up, cosine end, AdamW, clipping (opt.total = steps) */
@@ -42,6 +45,8 @@ typedef struct {
     const char *resume_path; /* continue this checkpoint (its stored options win) */
     const char *init_path;   /* start from these weights and vocabulary (fresh optimizer) */
 } tl_params;
+
+enum { TL_AUX_DEFAULT = 0, TL_AUX_JOINT = 1, TL_AUX_SHAPE = 2 };
 
 /* Defaults: the demo model's configuration and recipe (docs/DEMO_MODEL.md). */
 tl_params tl_default_params(void);

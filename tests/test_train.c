@@ -836,6 +836,90 @@ TEST(train_aux_head_fd) {
     tr_model_free(m);
 }
 
+/* --train vision-aux (TR_AUX_ONLY): a training step runs the tower and the heads only. Its loss is
+ * the weighted auxiliary loss, its gradients are the auxiliary part of a full step's (full step
+ * with the head minus full step without, on every vision tensor), the language model and the
+ * projection get none, and a step without labels is refused. */
+TEST(train_aux_only_step) {
+    tr_config c = tr_config_tiny();
+    c.aux_classes = 7;
+    tr_model *m = NULL;
+    char err[256];
+    CHECK(tr_model_create(&m, &c, 32, 1, err, sizeof err) == MG_OK);
+    if (!m) return;
+    uint64_t s = 78;
+    for (int64_t i = 0; i < m->n_params; i++) m->params[i] += 0.05f * test_rng_float(&s);
+    static example_buf b;
+    make_example(&b, 6);
+    int32_t labels[16];
+    for (int i = 0; i < 16; i++) labels[i] = i == 5 ? -1 : (int32_t)(test_rng_next(&s) % 7);
+    float aux = -1.0f, loss = 0.0f;
+    const size_t nb = (size_t)m->n_params * sizeof(float);
+    float *with = malloc(nb), *without = malloc(nb);
+    CHECK(with && without);
+    if (!with || !without) {
+        free(with);
+        free(without);
+        tr_model_free(m);
+        return;
+    }
+    b.ex.patch_labels = labels;
+    b.ex.aux_weight = 0.7f;
+    b.ex.aux_loss = &aux;
+    tr_zero_grad(m);
+    CHECK(tr_forward_backward(m, &b.ex, true, 1.0f, &loss, err, sizeof err) == MG_OK);
+    memcpy(with, m->grads, nb);
+    const float aux_full = aux;
+    b.ex.aux_weight = 0.0f;
+    tr_zero_grad(m);
+    CHECK(tr_forward_backward(m, &b.ex, true, 1.0f, &loss, err, sizeof err) == MG_OK);
+    memcpy(without, m->grads, nb);
+
+    int mask = 0;
+    CHECK(tr_parse_mode("vision-aux", &mask, err, sizeof err) == MG_OK);
+    CHECK_EQ_INT(mask, TR_GROUP_VISION | TR_AUX_ONLY);
+    m->train_mask = mask;
+    b.ex.aux_weight = 0.7f;
+    tr_zero_grad(m);
+    CHECK(tr_forward_backward(m, &b.ex, true, 1.0f, &loss, err, sizeof err) == MG_OK);
+    CHECK_MSG(fabsf(aux - aux_full) <= 1e-6f * aux_full, "aux loss %.8g vs full step %.8g", aux, aux_full);
+    CHECK_MSG(fabsf(loss - 0.7f * aux) <= 1e-6f * loss, "loss %.8g, 0.7 x aux %.8g", loss, 0.7f * aux);
+    double worst = 0, gmax = 0;
+    int n_vision = 0, bad_other = 0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const tr_tensor *t = &m->tensors[i];
+        for (int64_t j = t->off; j < t->off + t->n; j++) {
+            if (t->group != TR_GROUP_VISION) {
+                bad_other += m->grads[j] != 0.0f;
+                continue;
+            }
+            const double ref = (double)with[j] - (double)without[j];
+            const double e = fabs((double)m->grads[j] - ref);
+            if (e > worst) worst = e;
+            if (fabs(ref) > gmax) gmax = fabs(ref);
+            n_vision++;
+        }
+    }
+    printf("    %d vision gradients: worst |aux-only - (with - without)| %.2e (largest %.2e)\n", n_vision, worst,
+           gmax);
+    CHECK(gmax > 1e-4);
+    CHECK_MSG(worst <= 1e-5 * gmax + 1e-7, "worst %.3g against largest %.3g", worst, gmax);
+    CHECK_EQ_INT(bad_other, 0);
+    /* an evaluation forward still runs the language model */
+    float eval_loss = 0.0f;
+    CHECK(tr_forward_backward(m, &b.ex, false, 1.0f, &eval_loss, err, sizeof err) == MG_OK);
+    CHECK(eval_loss > 1.0f);
+    /* nothing to learn from: refused */
+    b.ex.patch_labels = NULL;
+    CHECK(tr_forward_backward(m, &b.ex, true, 1.0f, &loss, err, sizeof err) == MG_ERR_INVALID_ARG);
+    CHECK(strstr(err, "vision-aux") != NULL);
+    CHECK(tr_parse_mode("vision", &mask, err, sizeof err) == MG_ERR_INVALID_ARG);
+    CHECK(strstr(err, "vision-aux") != NULL);
+    free(with);
+    free(without);
+    tr_model_free(m);
+}
+
 /* The auxiliary mask head beside the patch head: loss = text CE + 0.7 patch CE + 0.4 mask BCE;
  * every gradient it touches (both heads, ln_vision, the tower, the patch embedding) against
  * central differences of that objective. */

@@ -507,6 +507,84 @@ TEST(trainloop_aux_head) {
     CHECK(strstr(err, "--aux") != NULL);
 }
 
+/* Equal float tensors `name` in two files (both present, same size). */
+static bool same_tensor(const char *a, const char *b, const char *name) {
+    char err[256];
+    gguf_file *fa = NULL, *fb = NULL;
+    bool same = false;
+    if (gguf_open(&fa, a, err, sizeof err) == MG_OK && gguf_open(&fb, b, err, sizeof err) == MG_OK) {
+        const gguf_tensor *ta = gguf_find_tensor(fa, name), *tb = gguf_find_tensor(fb, name);
+        same = ta && tb && ta->nbytes == tb->nbytes && memcmp(ta->data, tb->data, ta->nbytes) == 0;
+    }
+    gguf_close(fa);
+    gguf_close(fb);
+    return same;
+}
+
+/* --aux-labels shape with --train vision-aux: the 9-class head learns (its loss falls), only
+ * the tower moves (the language model of a 40-step run is the one of a 2-step run, the tower is
+ * not), the evaluation reports the shape accuracy without a colour, --init keeps the head's
+ * labels, and asking for the other labelling, or vision-aux without --aux, is refused. */
+TEST(trainloop_shape_labels_vision_aux) {
+    char ck[4096], ck2[4200], ck3[4200], err[512];
+    snprintf(ck, sizeof ck, "%s/tl_vaux.ckpt", test_data_dir());
+    snprintf(ck2, sizeof ck2, "%s/tl_vaux2.ckpt", test_data_dir());
+    snprintf(ck3, sizeof ck3, "%s/tl_vaux3.ckpt", test_data_dir());
+    tl_params p = tiny_params();
+    p.steps = 40;
+    p.batch = 4;
+    p.n_threads = 2;
+    p.aux_weight = 1.0f;
+    p.aux_labels = TL_AUX_SHAPE;
+    CHECK(tr_parse_mode("vision-aux", &p.train_mask, err, sizeof err) == MG_OK);
+    p.eval_every = 40;
+    p.eval_n = 6;
+    p.ckpt_path = ck;
+    head_rec r = {0};
+    mg_status st = tl_train(&p, record_heads, &r, err, sizeof err);
+    CHECK_MSG(st == MG_OK, "tl_train: %s", err);
+    if (st != MG_OK || r.n < 6) return;
+    const float first = (r.aux[0] + r.aux[1] + r.aux[2]) / 3, last = (r.aux[r.n - 1] + r.aux[r.n - 2] + r.aux[r.n - 3]) / 3;
+    printf("    shape-label aux loss %.3f -> %.3f (means of 3 steps); eval patch colour %.2f shape %.2f\n", first,
+           last, r.color, r.shape);
+    CHECK(first > 0.0f && last < first * 0.85f);
+    CHECK_EQ_INT(r.n_eval, 1);
+    CHECK(r.color == -1.0f);
+    CHECK(r.shape >= 0.0f && r.shape <= 1.0f);
+    gguf_file *f = NULL;
+    CHECK(gguf_open(&f, ck, err, sizeof err) == MG_OK);
+    if (f) {
+        const gguf_tensor *t = gguf_find_tensor(f, "aux.patch_cls.weight");
+        CHECK(t != NULL);
+        if (t) CHECK_EQ_INT((int)t->ne[1], WORLD_PATCH_SHAPE_CLASSES);
+        gguf_close(f);
+    }
+    tl_params q = p;
+    q.steps = 2;
+    q.eval_every = 0;
+    q.ckpt_path = ck2;
+    CHECK(tl_train(&q, NULL, NULL, err, sizeof err) == MG_OK);
+    CHECK(same_tensor(ck, ck2, "output.weight"));
+    CHECK(same_tensor(ck, ck2, "token_embd.weight"));
+    CHECK(same_tensor(ck, ck2, "mm.proj.weight"));
+    CHECK(!same_tensor(ck, ck2, "v.patch_embd.weight"));
+    /* the next stage from it: labels inferred from the head, or refused when they disagree */
+    tl_params n = tiny_params();
+    n.init_path = ck;
+    n.aux_weight = 1.0f;
+    n.steps = 2;
+    n.ckpt_path = ck3;
+    CHECK(tl_train(&n, NULL, NULL, err, sizeof err) == MG_OK);
+    n.aux_labels = TL_AUX_JOINT;
+    CHECK(tl_train(&n, NULL, NULL, err, sizeof err) == MG_ERR_INVALID_ARG);
+    CHECK(strstr(err, "--aux-labels joint") != NULL);
+    tl_params v = tiny_params();
+    v.train_mask = TR_GROUP_VISION | TR_AUX_ONLY;
+    v.ckpt_path = ck3;
+    CHECK(tl_train(&v, NULL, NULL, err, sizeof err) == MG_ERR_INVALID_ARG);
+    CHECK(strstr(err, "vision-aux") != NULL);
+}
+
 /* --aux-mask and --aux-objects: the mask head trains (its loss falls), the checkpoint keeps it
  * and the options, the exported model drops it, a model without it gets one, --aux-objects
  * changes the patch loss, and the evaluation reports the head's colour and shape accuracy (or

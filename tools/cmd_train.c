@@ -29,6 +29,8 @@ static void usage(FILE *f) {
             "  --warmup N        linear warm-up steps (default 100)\n"
             "  --wd X            AdamW weight decay (default 0.01); --clip X (default 1, 0: off)\n"
             "  --train MODE      proj | proj+llm | all (default all; proj = MiniGPT-4's recipe)\n"
+            "                    | vision-aux: only the vision tower learns, from the auxiliary\n"
+            "                    losses alone (the language model is not run; needs --aux)\n"
             "  --tasks W,W,...   weights of none,grounding,refer,detection,identify,vqa,caption\n"
             "                    (default 0,1,4,2,2,2,1)\n"
             "  --max-objects N   world: only scenes with at most N objects (curriculum; 0: any)\n"
@@ -47,6 +49,9 @@ static void usage(FILE *f) {
             "                    head gets one (default 0: off)\n"
             "  --aux-objects     world: the auxiliary loss on object patches only (background\n"
             "                    patches left out, so each object patch weighs more)\n"
+            "  --aux-labels L    world: what a new model's auxiliary head classifies: joint\n"
+            "                    (colour x shape, 89 classes; default) or shape (9 classes);\n"
+            "                    --init / --resume keep the head of the file\n"
             "  --init MODEL      start from these weights and vocabulary (fresh optimizer)\n"
             "  --resume CKPT     continue a checkpoint; its stored options are used\n"
             "model shape (new models only; default = the demo model):\n"
@@ -106,9 +111,11 @@ static int progress(void *user, const tl_progress *p) {
         fprintf(stderr, "%seval step %lld: loss %.4f token acc %.1f%% exact %.1f%% image gain %.3f",
                 ui->drawn ? "\n" : "", (long long)p->step, p->eval_loss, 100.0 * p->eval_tok_acc,
                 100.0 * p->eval_exact, p->eval_image_gain);
-        if (p->eval_patch_shape >= 0)
+        if (p->eval_patch_shape >= 0 && p->eval_patch_color >= 0)
             fprintf(stderr, " patch colour %.1f%% shape %.1f%%", 100.0 * p->eval_patch_color,
                     100.0 * p->eval_patch_shape);
+        else if (p->eval_patch_shape >= 0)
+            fprintf(stderr, " patch shape %.1f%%", 100.0 * p->eval_patch_shape);
         fputc('\n', stderr);
         ui->drawn = 0;
         break;
@@ -213,6 +220,12 @@ int cmd_train(int argc, char **argv) {
             snprintf(p.scene, sizeof p.scene, "%s", spec);
         } else if (!strcmp(a, "--easy")) p.easy = true;
         else if (!strcmp(a, "--aux-objects")) p.aux_objects = true;
+        else if (!strcmp(a, "--aux-labels") && has) {
+            const char *lv = argv[++i];
+            if (!strcmp(lv, "joint")) p.aux_labels = TL_AUX_JOINT;
+            else if (!strcmp(lv, "shape")) p.aux_labels = TL_AUX_SHAPE;
+            else return cli_error("train", "--aux-labels: '%s' is not joint or shape", lv);
+        }
         else if (!strcmp(a, "-q")) ui.quiet = 1;
         else {
             usage(stderr);
