@@ -25,25 +25,39 @@ stage() { # stage N ARGS...: runs stage N unless FIRST_STAGE is past it; reads b
     "$bin" train -t 2 --aux 1 --ckpt-every 0 --warmup 20 --seed "$n" "${init[@]}" "$@" \
         --ckpt "build/demo-s$n.ckpt"
 }
+# The vision tower first, alone, from the auxiliary patch loss with shape-only labels (background
+# or one of the shapes) on scenes of two to four objects of every colour and tone: that is where
+# it learns the shapes of objects (with colour in the labels, or one object a scene, it hardly
+# did; docs/DEMO_MODEL.md). The position embedding starts as a 2D sine-cosine table.
+several4="objects=2-4,bg=plain,shapes=$shapes,sizes=medium+large"
+stage 1 --v-embd 128 --v-layer 4 --v-head 4 --v-ff 384 --pos-sincos 1 --aux-labels shape --train vision-aux \
+    --steps 6000 --lr 1e-3 --eval-every 1000 --scene "$several4"
+stage 2 --train vision-aux --steps 4000 --lr 1e-3 --eval-every 1000 --scene "$several4"
+# Then colour too: a new head over colour x shape (it starts at zero, so the tower's first
+# gradients are nil and the shapes are not disturbed while it grows).
+stage 3 --train vision-aux --aux-labels joint --steps 2000 --lr 1e-3 --eval-every 1000 --scene "$several4"
+# From here on the tower is frozen, as MiniGPT-v2 freezes its ViT: the projection and the
+# language model learn (training the tower with them made it forget the shapes again).
 # Position first ([refer] only, one object): where an object is must be learned while the world is
-# narrow, or it never is (docs/DEMO_MODEL.md). The ViT position embedding starts as 2D sine-cosine.
-stage 1 --v-embd 128 --v-layer 4 --v-head 4 --v-ff 384 --pos-sincos 1 --tasks $refer --steps 400 \
-    --eval-every 200 --scene objects=1,bg=plain,tones=0,colors=red,shapes=square,sizes=medium+large
-stage 2 --tasks $refer --steps 600 --eval-every 300 \
-    --scene objects=1,bg=plain,tones=0,colors=$six,shapes=square,sizes=medium+large
-stage 3 --tasks $refer --steps 800 --eval-every 400 --scene "$one"
-stage 4 --tasks $refer --steps 2000 --eval-every 1000 --scene "$one"
-stage 5 --tasks $refer --steps 2000 --eval-every 1000 --scene "$one"
+# narrow, or it never is (docs/DEMO_MODEL.md).
+frozen="--train proj+llm"
+stage 4 $frozen --tasks $refer --steps 400 --eval-every 200 \
+    --scene objects=1,bg=plain,tones=0,colors=red,shapes=$shapes,sizes=medium+large
+stage 5 $frozen --tasks $refer --steps 600 --eval-every 300 \
+    --scene objects=1,bg=plain,tones=0,colors=$six,shapes=$shapes,sizes=medium+large
+stage 6 $frozen --tasks $refer --steps 800 --eval-every 400 --scene "$one"
+stage 7 $frozen --tasks $refer --steps 2000 --eval-every 1000 --scene "$one"
+stage 8 $frozen --tasks $refer --steps 2000 --eval-every 1000 --scene "$one"
 # Names next, narrow first again, [refer] kept in the mix so the boxes are not forgotten:
-# colour (one square of six colours on one tone), then shape (one large object of six shapes).
-stage 6 --tasks 0,0,1,0,0,1,2 --steps 1000 --eval-every 500 \
-    --scene objects=1,bg=plain,tones=0,colors=$six,shapes=square,sizes=medium+large
-stage 7 --tasks 0,0,1,0,1,1,2 --steps 1500 --eval-every 500 \
+# six colours on one tone, then one large object of six shapes.
+stage 9 $frozen --tasks 0,0,1,0,0,1,2 --steps 1000 --eval-every 500 \
+    --scene objects=1,bg=plain,tones=0,colors=$six,shapes=$shapes,sizes=medium+large
+stage 10 $frozen --tasks 0,0,1,0,1,1,2 --steps 1500 --eval-every 500 \
     --scene objects=1,bg=plain,tones=0,colors=$six,shapes=$shapes,sizes=large
 # Every task on one object of any colour and tone.
-stage 8 --steps 2000 --eval-every 1000 --scene "$one"
+stage 11 $frozen --steps 2000 --eval-every 1000 --scene "$one"
 # Every task on one to three objects, then more of the same with a fresh schedule: the shipped
 # model (docs/DEMO_MODEL.md).
 several="objects=1-3,bg=plain,shapes=$shapes,sizes=medium+large"
-stage 9 --steps 5000 --eval-every 1000 --lr 1e-3 --scene "$several"
-stage 10 --steps 3000 --eval-every 1000 --lr 1e-3 -o "$out" --scene "$several"
+stage 12 $frozen --steps 5000 --eval-every 1000 --lr 1e-3 --scene "$several"
+stage 13 $frozen --steps 3000 --eval-every 1000 --lr 1e-3 -o "$out" --scene "$several"

@@ -1067,12 +1067,14 @@ static mg_status read_tensor(const gguf_file *f, const char *name, const tr_tens
 
 /* Opens a tr_save file. */
 mg_status tr_load(tr_model **out, const char *path, int n_threads, char *err, size_t err_len) {
-    return tr_load_with(out, path, n_threads, false, err, err_len);
+    return tr_load_with(out, path, n_threads, false, 0, err, err_len);
 }
 
-mg_status tr_load_with(tr_model **out, const char *path, int n_threads, bool add_mask_head, char *err,
-                       size_t err_len) {
+mg_status tr_load_with(tr_model **out, const char *path, int n_threads, bool add_mask_head, int aux_classes,
+                       char *err, size_t err_len) {
     if (!out || !path) return mg_err(err, err_len, MG_ERR_INVALID_ARG, "tr_load: NULL argument");
+    if (aux_classes < 0 || aux_classes > 4096)
+        return mg_err(err, err_len, MG_ERR_INVALID_ARG, "tr_load: aux_classes %d not in [0, 4096]", aux_classes);
     *out = NULL;
     gguf_file *f;
     mg_status st = gguf_open(&f, path, err, err_len);
@@ -1112,6 +1114,8 @@ mg_status tr_load_with(tr_model **out, const char *path, int n_threads, bool add
         goto done;
     }
     c.aux_classes = ta ? (int)ta->ne[1] : 0;
+    const bool new_head = aux_classes > 0 && aux_classes != c.aux_classes; /* other labels: a fresh head */
+    if (new_head) c.aux_classes = aux_classes;
     const gguf_tensor *tm = gguf_find_tensor(f, "aux.patch_mask.weight");
     if (tm && (tm->n_dims != 2 || tm->ne[1] != (int64_t)c.patch_size * c.patch_size)) {
         st = mg_err(err, err_len, MG_ERR_FORMAT, "train: aux.patch_mask.weight has a bad shape");
@@ -1124,6 +1128,7 @@ mg_status tr_load_with(tr_model **out, const char *path, int n_threads, bool add
         const tr_tensor *t = &m->tensors[i];
         char name[80];
         /* a mask head the file lacks starts at zero (its first gradients reach the head only) */
+        if (new_head && strncmp(t->name, "aux.patch_cls.", 14) == 0) continue; /* stays at zero */
         const bool added = !tm && strncmp(t->name, "aux.patch_mask.", 15) == 0;
         st = read_tensor(f, t->name, t, m->params + t->off, added, err, err_len);
         snprintf(name, sizeof name, "opt.m.%s", t->name);

@@ -186,8 +186,10 @@ void tr_step(tr_model *m, const tr_opt *o, float *lr_out, double *gnorm_out);
 mg_status tr_save(const tr_model *m, const char *path, const gguf_file *kv_src, char *err, size_t err_len);
 /* Reads a file written by tr_save (moments and step when present; else zero). */
 mg_status tr_load(tr_model **out, const char *path, int n_threads, char *err, size_t err_len);
-/* The same; add_mask_head gives a model whose file has no auxiliary mask head one (zero weights). */
-mg_status tr_load_with(tr_model **out, const char *path, int n_threads, bool add_mask_head, char *err,
-                       size_t err_len);
+/* The same; add_mask_head gives a model whose file has no auxiliary mask head one (zero weights);
+ * aux_classes > 0 asks for a patch head of that many classes: the file's when it has that size,
+ * else a new one at zero (weights and moments); 0 keeps the file's head, or none. */
+mg_status tr_load_with(tr_model **out, const char *path, int n_threads, bool add_mask_head, int aux_classes,
+                       char *err, size_t err_len);
 
 #endif

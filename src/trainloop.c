@@ -771,7 +771,14 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
             }
         }
         gguf_close(f);
-        if (st == MG_OK) st = tr_load_with(&m, src, p.n_threads, p.mask_weight > 0 && !d.use_folder, err, err_len);
+        /* --init with --aux-labels: the head of those labels (a fresh one when the file's has others) */
+        const int head = p.init_path && !p.resume_path && p.aux_weight > 0 && !d.use_folder
+                             ? (p.aux_labels == TL_AUX_SHAPE   ? WORLD_PATCH_SHAPE_CLASSES
+                                : p.aux_labels == TL_AUX_JOINT ? WORLD_PATCH_CLASSES
+                                                               : 0)
+                             : 0;
+        if (st == MG_OK)
+            st = tr_load_with(&m, src, p.n_threads, p.mask_weight > 0 && !d.use_folder, head, err, err_len);
         if (st == MG_OK && p.init_path && !p.resume_path) {
             m->step = 0;
             memset(m->adam_m, 0, (size_t)m->n_params * sizeof(float));
@@ -847,9 +854,9 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
                         "--aux; exported models have no head)");
         else if (st == MG_OK && p.aux_weight > 0 && want && m->cfg.aux_classes != want)
             st = mg_err(err, err_len, MG_ERR_INVALID_ARG,
-                        "--aux-labels %s: the model's auxiliary head has %d classes, not %d (the labels of a "
-                        "head are fixed when it is made)", p.aux_labels == TL_AUX_SHAPE ? "shape" : "joint",
-                        m->cfg.aux_classes, want);
+                        "--aux-labels %s: the checkpoint's auxiliary head has %d classes, not %d (--resume "
+                        "keeps the head; start a stage with --init for a new one)",
+                        p.aux_labels == TL_AUX_SHAPE ? "shape" : "joint", m->cfg.aux_classes, want);
         batch_loss = malloc(sizeof *batch_loss * slots);
         d.ex = malloc(sizeof *d.ex * WORLD_MAX_EXAMPLES);
         if (!d.image || !d.ids || !d.mask || !d.ex || !batch_ex || !batch_loss || !d.aux_loss) st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");

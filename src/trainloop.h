@@ -29,9 +29,10 @@ typedef struct {
                                 object's; 0: off). Adds the mask head to a model that lacks it */
     bool aux_objects;        /* world: the auxiliary loss only on the patches of objects (background
                                 patches left out, so each object patch weighs more) */
-    int aux_labels;          /* world: classes of a new model's auxiliary head: TL_AUX_JOINT (colour x
-                                shape, the default) or TL_AUX_SHAPE (shape only); 0 = the default
-                                for a new model, the head's own for --init / --resume */
+    int aux_labels;          /* world: classes of the auxiliary head: TL_AUX_JOINT (colour x shape, the
+                                default of a new model) or TL_AUX_SHAPE (shape only); 0 = that
+                                default, or the head of the --init / --resume file. --init with
+                                other labels than the file's head starts a new head at zero */
     int batch;               /* examples per optimizer step (gradient accumulation) */
     int64_t steps;           /* total optimizer steps (the schedule's length) */
     tr_opt opt;              /* lr, warm-up, cosine end, AdamW, clipping (opt.total = steps) */

@@ -55,7 +55,7 @@ typedef struct {
 #define WORLD_PATCH_CLASSES (1 + WORLD_N_COLORS * WORLD_N_SHAPES)
 /* The shape-only labelling of the same cells: 0 background, 1 + shape. */
 #define WORLD_PATCH_SHAPE_CLASSES (1 + WORLD_N_SHAPES)
-/* The one-object world of the shipped demo model (models/demo.gguf: stage 8 of
+/* The one-object world of the shipped demo model (models/demo.gguf: stage 11 of
  * scripts/train_demo.sh; its last stages add scenes of two and three objects; docs/DEMO_MODEL.md)
  * as a --scene spec: its held-out scenes are what the model tests ask about. */
 #define WORLD_DEMO_SCENE "objects=1,bg=plain,shapes=circle+square+triangle+star+diamond+cross,sizes=medium+large"

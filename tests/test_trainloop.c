@@ -332,7 +332,7 @@ TEST(demo_model_refer) {
     CHECK(mg_sampler_create(&smp, &sp, mg_model_n_vocab(m)) == MG_OK);
     world_example *ex = malloc(sizeof *ex * WORLD_MAX_EXAMPLES);
     int asked = 0, hits = 0;
-    world_opts wo; /* the demo model's one-object world (stage 8 of scripts/train_demo.sh) */
+    world_opts wo; /* the demo model's one-object world (stage 11 of scripts/train_demo.sh) */
     CHECK(world_opts_parse(WORLD_DEMO_SCENE, &wo, err, sizeof err) == MG_OK);
     for (uint64_t k = 0; vl && smp && ex && asked < 10 && k < 40; k++) {
         world_scene sc;
@@ -521,10 +521,24 @@ static bool same_tensor(const char *a, const char *b, const char *name) {
     return same;
 }
 
+/* Classes of the auxiliary patch head in a checkpoint (0: none or unreadable). */
+static int head_classes(const char *path) {
+    char err[256];
+    gguf_file *f = NULL;
+    int n = 0;
+    if (gguf_open(&f, path, err, sizeof err) == MG_OK) {
+        const gguf_tensor *t = gguf_find_tensor(f, "aux.patch_cls.weight");
+        n = t ? (int)t->ne[1] : 0;
+    }
+    gguf_close(f);
+    return n;
+}
+
 /* --aux-labels shape with --train vision-aux: the 9-class head learns (its loss falls), only
  * the tower moves (the language model of a 40-step run is the one of a 2-step run, the tower is
  * not), the evaluation reports the shape accuracy without a colour, --init keeps the head's
- * labels, and asking for the other labelling, or vision-aux without --aux, is refused. */
+ * labels or starts a new head for other labels, and --resume with other labels, or vision-aux
+ * without --aux, is refused. */
 TEST(trainloop_shape_labels_vision_aux) {
     char ck[4096], ck2[4200], ck3[4200], err[512];
     snprintf(ck, sizeof ck, "%s/tl_vaux.ckpt", test_data_dir());
@@ -568,15 +582,33 @@ TEST(trainloop_shape_labels_vision_aux) {
     CHECK(same_tensor(ck, ck2, "token_embd.weight"));
     CHECK(same_tensor(ck, ck2, "mm.proj.weight"));
     CHECK(!same_tensor(ck, ck2, "v.patch_embd.weight"));
-    /* the next stage from it: labels inferred from the head, or refused when they disagree */
+    /* the next stage from it: the head's labels are kept without --aux-labels; --init with the
+     * other labels starts a new 89-class head at zero (the tower is read, not reset); --resume
+     * with the other labels is refused */
     tl_params n = tiny_params();
     n.init_path = ck;
     n.aux_weight = 1.0f;
     n.steps = 2;
     n.ckpt_path = ck3;
     CHECK(tl_train(&n, NULL, NULL, err, sizeof err) == MG_OK);
+    CHECK_EQ_INT(head_classes(ck3), WORLD_PATCH_SHAPE_CLASSES);
     n.aux_labels = TL_AUX_JOINT;
-    CHECK(tl_train(&n, NULL, NULL, err, sizeof err) == MG_ERR_INVALID_ARG);
+    n.steps = 1;
+    n.opt.lr = 1e-30f; /* a step that changes nothing measurable: the head must be the new one */
+    n.opt.lr_min = 1e-30f;
+    head_rec r2 = {0};
+    CHECK(tl_train(&n, record_heads, &r2, err, sizeof err) == MG_OK);
+    CHECK_EQ_INT(head_classes(ck3), WORLD_PATCH_CLASSES);
+    CHECK_MSG(r2.n == 1 && fabsf(r2.aux[0] - logf((float)WORLD_PATCH_CLASSES)) < 1e-3f,
+              "first loss of a zero head %.5f, log 89 = %.5f", r2.n ? r2.aux[0] : -1.0f,
+              logf((float)WORLD_PATCH_CLASSES));
+    CHECK(same_tensor(ck, ck3, "v.patch_embd.weight"));
+    tl_params rs = tiny_params();
+    rs.resume_path = ck;
+    rs.aux_weight = 1.0f;
+    rs.aux_labels = TL_AUX_JOINT;
+    rs.ckpt_path = ck3;
+    CHECK(tl_train(&rs, NULL, NULL, err, sizeof err) == MG_ERR_INVALID_ARG);
     CHECK(strstr(err, "--aux-labels joint") != NULL);
     tl_params v = tiny_params();
     v.train_mask = TR_GROUP_VISION | TR_AUX_ONLY;
