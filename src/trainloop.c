@@ -674,6 +674,11 @@ mg_status tl_export(const char *ckpt, const char *out, char *err, size_t err_len
 
 /* ==== The loop ==== */
 
+/* Classes of the auxiliary head for TL_AUX_* labels (0: TL_AUX_DEFAULT, whatever the file has). */
+static int head_classes(int labels) {
+    return labels == TL_AUX_SHAPE ? WORLD_PATCH_SHAPE_CLASSES : labels == TL_AUX_JOINT ? WORLD_PATCH_CLASSES : 0;
+}
+
 /* Teacher-forced loss, token accuracy and exact answers over eval_n held-out examples. */
 static mg_status run_eval(tr_model *m, tl_data *d, tl_progress *pg, char *err, size_t err_len) {
     double sum = 0, sum_other = 0;
@@ -772,11 +777,8 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
         }
         gguf_close(f);
         /* --init with --aux-labels: the head of those labels (a fresh one when the file's has others) */
-        const int head = p.init_path && !p.resume_path && p.aux_weight > 0 && !d.use_folder
-                             ? (p.aux_labels == TL_AUX_SHAPE   ? WORLD_PATCH_SHAPE_CLASSES
-                                : p.aux_labels == TL_AUX_JOINT ? WORLD_PATCH_CLASSES
-                                                               : 0)
-                             : 0;
+        const int head =
+            p.init_path && !p.resume_path && p.aux_weight > 0 && !d.use_folder ? head_classes(p.aux_labels) : 0;
         if (st == MG_OK)
             st = tr_load_with(&m, src, p.n_threads, p.mask_weight > 0 && !d.use_folder, head, err, err_len);
         if (st == MG_OK && p.init_path && !p.resume_path) {
@@ -804,7 +806,7 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
         if (st == MG_OK) {
             p.cfg.n_vocab = mg_tokenizer_n_vocab(tok);
             p.cfg.aux_classes = p.aux_weight > 0 && !d.use_folder
-                                    ? (p.aux_labels == TL_AUX_SHAPE ? WORLD_PATCH_SHAPE_CLASSES : WORLD_PATCH_CLASSES)
+                                    ? (p.aux_labels == TL_AUX_DEFAULT ? WORLD_PATCH_CLASSES : head_classes(p.aux_labels))
                                     : 0;
             p.cfg.aux_mask = p.mask_weight > 0 && !d.use_folder ? p.cfg.patch_size * p.cfg.patch_size : 0;
             st = tr_model_create(&m, &p.cfg, p.seed, p.n_threads, err, err_len);
@@ -844,9 +846,7 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
             st = mg_err(err, err_len, MG_ERR_INVALID_ARG,
                         "--train vision-aux learns from the auxiliary losses alone: it needs the synthetic world "
                         "and --aux W or --aux-mask W > 0");
-        const int want = p.aux_labels == TL_AUX_SHAPE   ? WORLD_PATCH_SHAPE_CLASSES
-                         : p.aux_labels == TL_AUX_JOINT ? WORLD_PATCH_CLASSES
-                                                        : 0;
+        const int want = head_classes(p.aux_labels);
         if (st == MG_OK && p.aux_weight > 0 && !d.use_folder &&
             (m->cfg.aux_classes != WORLD_PATCH_CLASSES && m->cfg.aux_classes != WORLD_PATCH_SHAPE_CLASSES))
             st = mg_err(err, err_len, MG_ERR_INVALID_ARG,
