@@ -11,7 +11,7 @@
 #
 # It prints the share of held-out object patches whose shape the head names (the trainer's
 # "patch shape"). Session 8 ran it on a lent GPU machine; the results are in docs/DEMO_MODEL.md.
-import argparse, ctypes, json, math, os, sys, time
+import argparse, ctypes, json, math, os, time
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 
@@ -139,13 +139,10 @@ def main():
     torch.manual_seed(a.seed)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.time()
-    if a.data:
-        z = np.load(os.path.join(a.data, "train.npz")); tr = [z[k] for k in ("rgb", "lab", "objs", "nobj")]
-        z = np.load(os.path.join(a.data, "eval.npz")); ev = [z[k] for k in ("rgb", "lab", "objs", "nobj")]
-        if a.patch != 8:  # labels are per 8-px patch in the files; regenerate for other patch sizes
-            tr = gen(a.spec, a.seed, a.ntrain, a.size, a.patch, False, a.procs)
-            ev = gen(a.eval_spec or a.spec, 1, a.neval, a.size, a.patch, True, a.procs)
-        tr = [t[:a.ntrain] for t in tr]; ev = [t[:a.neval] for t in ev]
+    if a.data and a.patch == 8:  # the files hold labels of 8-px patches; other sizes are drawn anew
+        keys = ("rgb", "lab", "objs", "nobj")
+        z = np.load(os.path.join(a.data, "train.npz")); tr = [z[k][:a.ntrain] for k in keys]
+        z = np.load(os.path.join(a.data, "eval.npz")); ev = [z[k][:a.neval] for k in keys]
     else:
         tr = gen(a.spec, a.seed, a.ntrain, a.size, a.patch, False, a.procs)
         ev = gen(a.eval_spec or a.spec, 1, a.neval, a.size, a.patch, True, a.procs)
