@@ -62,6 +62,8 @@ void *test_read_file(const char *path, size_t *size);
 /* Reads a .npy file of float32 (little-endian, C order). Returns malloc'd data, shape in shape[]
  * (up to 4 dims), ndim in *ndim. NULL on failure. */
 float *test_read_npy_f32(const char *path, int64_t *shape, int *ndim);
+/* Path of this test runner (its argv[0]). */
+const char *test_runner_path(void);
 /* Deterministic random floats: uniform in [-1, 1). */
 uint64_t test_rng_next(uint64_t *state);
 float test_rng_float(uint64_t *state);

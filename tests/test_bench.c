@@ -249,6 +249,8 @@ TEST(bench_bad_options) {
         {"-m x.gguf --llm-only", 2},
         {"-m /nonexistent/model.gguf", 1},
         {"--synthetic tiny --write-gguf /nonexistent/dir/out.gguf", 1},
+        {"--synthetic tiny-vl --image 28,56 --write-gguf y.gguf", 2},
+        {"--synthetic tiny-v2 --image 42 --write-gguf y.gguf", 2},
     };
     char err[4096];
     snprintf(err, sizeof err, "%s/bench_err.txt", test_data_dir());
@@ -383,6 +385,14 @@ TEST(bench_json_image) {
     CHECK_EQ_INT(test_run("'%s' bench -m '%s' --vision-only -r 1 --warmup 0 --image 28,56 > '%s'", bin, path, out), 0);
     char *txt = test_read_file(out, NULL);
     CHECK(txt && strstr(txt, "image 28") && strstr(txt, "image 56: not possible") && !strstr(txt, "prefill"));
+    free(txt);
+    /* --write-gguf with one --image: the vision side at that size (what the stub timing writes) */
+    CHECK_EQ_INT(test_run("'%s' bench --synthetic tiny-vl --vision-only --image 56 --write-gguf '%s' > /dev/null", bin,
+                          path),
+                 0);
+    CHECK_EQ_INT(test_run("'%s' info '%s' > '%s'", bin, path, out), 0);
+    txt = test_read_file(out, NULL);
+    CHECK(txt && strstr(txt, "minigpt.vision.image_size") && strstr(strstr(txt, "minigpt.vision.image_size"), "56"));
     free(txt);
     unlink(path);
 }

@@ -2,15 +2,24 @@
  * test_main.c - the test runner. Runs every registered test (or those whose name starts with one of
  * the arguments), prints PASS/FAIL/SKIP per test and closes with "N passed, N failed, N skipped".
  * --list prints the names. Exit status is 1 if any test failed.
+ *
+ * A watchdog thread gives each test MG_TEST_TIMEOUT seconds (default 600): a test that hangs
+ * (a deadlock, a child process that never exits) is reported as FAIL, its child processes are
+ * killed and the runner exits with status 3, so CI fails at once instead of waiting out its
+ * own limit.
  */
 #include "test.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #define MAX_TESTS 1024
 
@@ -22,6 +31,9 @@ static int n_tests;
 
 static int cur_checks, cur_failed, cur_skipped;
 static const char *cur_name;
+static const char *runner_path = "build/test_runner";
+
+const char *test_runner_path(void) { return runner_path; }
 
 void test_register(const char *name, test_fn fn) {
     if (n_tests < MAX_TESTS) {
@@ -168,6 +180,99 @@ static double now_s(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* ==== Watchdog ==== */
+
+static pthread_mutex_t wd_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wd_cv = PTHREAD_COND_INITIALIZER;
+static double wd_deadline; /* 0: no test running */
+static double wd_limit = 600;
+static bool wd_fired; /* the watchdog is ending the run: the main thread must not go on */
+
+/* Parent pid of pid from /proc/pid/stat, or -1. */
+static long proc_ppid(long pid) {
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *c = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+    long ppid;
+    char state;
+    if (!c || sscanf(c + 1, " %c %ld", &state, &ppid) != 2) return -1;
+    return ppid;
+}
+
+/* SIGKILLs every descendant of this process (children first found, repeated until none is left,
+ * so grandchildren re-parented on the way are caught on a later pass). */
+static void kill_descendants(void) {
+    const long self = (long)getpid();
+    for (int pass = 0; pass < 20; pass++) {
+        long pids[4096], ppids[4096];
+        int n = 0;
+        DIR *d = opendir("/proc");
+        if (!d) return;
+        struct dirent *e;
+        while ((e = readdir(d)) && n < 4096) {
+            char *end;
+            long pid = strtol(e->d_name, &end, 10);
+            if (*end || pid <= 0 || pid == self) continue;
+            long pp = proc_ppid(pid);
+            if (pp > 0) pids[n] = pid, ppids[n++] = pp;
+        }
+        closedir(d);
+        /* mark the descendants of self: repeat until no new one is found */
+        static char mark[4096];
+        memset(mark, 0, sizeof mark);
+        int found = 0, grew = 1;
+        while (grew) {
+            grew = 0;
+            for (int i = 0; i < n; i++) {
+                if (mark[i]) continue;
+                int up = ppids[i] == self;
+                for (int j = 0; j < n && !up; j++) up = mark[j] && pids[j] == ppids[i];
+                if (up) mark[i] = 1, grew = 1, found++;
+            }
+        }
+        if (!found) return;
+        for (int i = 0; i < n; i++)
+            if (mark[i]) kill((pid_t)pids[i], SIGKILL);
+        struct timespec ts = {0, 100 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void *watchdog_main(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&wd_mu);
+    for (;;) {
+        if (wd_deadline > 0 && now_s() >= wd_deadline) {
+            wd_fired = true;
+            break;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&wd_cv, &wd_mu, &ts);
+    }
+    pthread_mutex_unlock(&wd_mu);
+    printf("FAIL %s (timed out after %.0f s: MG_TEST_TIMEOUT; its child processes are killed, "
+           "the remaining tests are not run)\n", cur_name ? cur_name : "?", wd_limit);
+    fflush(stdout);
+    kill_descendants();
+    _exit(3);
+    return NULL;
+}
+
+static void watchdog_arm(bool on) {
+    pthread_mutex_lock(&wd_mu);
+    while (wd_fired) pthread_cond_wait(&wd_cv, &wd_mu); /* the watchdog exits the process */
+    wd_deadline = on ? now_s() + wd_limit : 0;
+    pthread_cond_signal(&wd_cv);
+    pthread_mutex_unlock(&wd_mu);
+}
+
 static int cmp_tests(const void *a, const void *b) {
     const char *x = *(const char *const *)a, *y = *(const char *const *)b;
     return strcmp(x, y);
@@ -175,6 +280,7 @@ static int cmp_tests(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc > 0 && argv[0]) runner_path = argv[0];
     qsort(tests, (size_t)n_tests, sizeof tests[0], cmp_tests);
     if (argc > 1 && strcmp(argv[1], "--list") == 0) {
         for (int i = 0; i < n_tests; i++) printf("%s\n", tests[i].name);
@@ -183,10 +289,15 @@ int main(int argc, char **argv) {
     if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
         printf("usage: %s [--list] [NAME_OR_PREFIX ...]\n"
                "Runs the registered tests (all, or those whose name starts with an argument).\n"
-               "env: MG_TESTDATA (generated data dir), MG_PYTHON (python with torch), MG_TEST_QUICK=1\n",
+               "env: MG_TESTDATA (generated data dir), MG_PYTHON (python with torch), MG_TEST_QUICK=1,\n"
+               "     MG_TEST_TIMEOUT (seconds a test may take, default 600)\n",
                argv[0]);
         return 0;
     }
+    const char *tl = getenv("MG_TEST_TIMEOUT");
+    if (tl && atof(tl) > 0) wd_limit = atof(tl);
+    pthread_t wd;
+    if (pthread_create(&wd, NULL, watchdog_main, NULL) == 0) pthread_detach(wd);
     int passed = 0, failed = 0, skipped = 0, matched = 0;
     for (int i = 0; i < n_tests; i++) {
         if (argc > 1) {
@@ -200,7 +311,9 @@ int main(int argc, char **argv) {
         cur_checks = cur_failed = cur_skipped = 0;
         printf("RUN  %s\n", cur_name);
         double t0 = now_s();
+        watchdog_arm(true);
         tests[i].fn();
+        watchdog_arm(false);
         double dt = now_s() - t0;
         if (cur_failed) {
             printf("FAIL %s (%d of %d checks failed, %.2fs)\n", cur_name, cur_failed, cur_checks, dt);

@@ -20,7 +20,9 @@
 #include "synth.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,7 +94,8 @@ static void usage(FILE *f) {
             "                         llama.cpp loads too (no image encode)\n"
             "      --vision-only      time the image encode only (synthetic: writes the vision side and\n"
             "                         a 1-layer stand-in LLM instead of the whole model)\n"
-            "      --write-gguf OUT   write the synthetic model to OUT and exit (to time it elsewhere)\n"
+            "      --write-gguf OUT   write the synthetic model to OUT and exit (to time it elsewhere);\n"
+            "                         one --image N sets the image size of its vision side\n"
             "  -t, --threads N        worker threads (default: cores, at most 8)\n"
             "  -r, --reps N           timed runs per test (default 5); median and min are reported\n"
             "      --warmup N         untimed runs before each test (default 1)\n"
@@ -231,6 +234,9 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
         return usage_error("%s", "--vision-only with --image 0 leaves nothing to time");
     for (int i = 0; i < o->image.n; i++)
         if (o->image.v[i] % 14 != 0) return usage_error("%s", "--image sizes must be multiples of 14 (224, 448)");
+    if (o->write_out && o->image.n > 1) return usage_error("%s", "--write-gguf writes one image size: give one --image");
+    if (o->write_out && o->image.n == 1 && p->qf_block == 0 && (o->image.v[0] / p->v_patch) % 2 != 0)
+        return usage_error("%s", "--image: merge4 needs an even patch grid (an even multiple of 14)");
     if (o->gen == 0) o->depth.n = 0;
     return -1;
 }
@@ -283,24 +289,64 @@ static void cpu_name(char *buf, size_t len) {
     fclose(f);
 }
 
+/* Writes the synthetic file of --write-gguf in this process (the child of write_synthetic, or a
+ * user's own --write-gguf). Returns 0, or 1 after printing the error. */
+static int write_synthetic_here(const synth_opts *so, const char *preset, const char *path) {
+    char err[256];
+    mg_status st = synth_write_gguf_opts(synth_find_preset(preset), so, path, err, sizeof err);
+    return st == MG_OK ? 0 : cli_error("bench", "%s", err);
+}
+
 /* Writes a synthetic model in a child process so that its buffers stay out of our peak RSS.
- * Returns 0, or 1 after printing the error. */
+ * The child is this binary run again (`bench --synthetic ... --write-gguf PATH`), never a bare
+ * fork: by the time a vision stub is written the model's worker threads exist, and a fork of a
+ * threaded process may copy an allocator lock that another thread holds (AddressSanitizer's
+ * allocator has no fork handler: the child then waited forever). Where the binary cannot be
+ * found again (no /proc), the file is written in this process. Returns 0, or 1 after printing
+ * the error. */
 static int write_synthetic(const bench_opts *o, const synth_opts *so, const char *path) {
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) return cli_error("bench", "fork failed: %s", strerror(errno));
-    if (pid == 0) {
-        char err[256];
-        mg_status st = synth_write_gguf_opts(synth_find_preset(o->preset), so, path, err, sizeof err);
-        if (st != MG_OK) fprintf(stderr, "minigpt bench: %s\n", err);
-        fflush(stderr);
-        _exit(st == MG_OK ? 0 : 1);
+    const synth_preset *p = synth_find_preset(o->preset);
+    char seed[32], image[32];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)so->seed);
+    snprintf(image, sizeof image, "%d", so->image_size);
+    const char *args[20];
+    int n = 0;
+    args[n++] = "minigpt";
+    args[n++] = "bench";
+    args[n++] = "--synthetic";
+    args[n++] = p->name;
+    args[n++] = "--type";
+    args[n++] = mg_type_name(so->type);
+    if (so->part != SYNTH_LLM_ONLY && synth_has_vision(p)) {
+        args[n++] = "--vision-type";
+        args[n++] = mg_type_name(so->vision_type);
     }
+    args[n++] = "--seed";
+    args[n++] = seed;
+    if (so->part == SYNTH_VISION_STUB) args[n++] = "--vision-only";
+    if (so->part == SYNTH_LLM_ONLY) args[n++] = "--llm-only";
+    if (so->image_size > 0) {
+        args[n++] = "--image";
+        args[n++] = image;
+    }
+    args[n++] = "--write-gguf";
+    args[n++] = path;
+    args[n] = NULL;
+
+    posix_spawn_file_actions_t fa;
+    if (posix_spawn_file_actions_init(&fa) != 0) return cli_error("bench", "%s", "posix_spawn_file_actions_init failed");
+    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+    fflush(NULL);
+    pid_t pid;
+    int e = posix_spawn(&pid, "/proc/self/exe", &fa, NULL, (char *const *)args, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (e != 0) return write_synthetic_here(so, o->preset, path); /* no /proc: write it here */
     int ws;
     while (waitpid(pid, &ws, 0) < 0)
         if (errno != EINTR) return cli_error("bench", "waitpid failed: %s", strerror(errno));
     if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0) {
         if (!WIFEXITED(ws)) cli_error("bench", "the synthetic model writer died (signal %d)", WTERMSIG(ws));
+        else if (WEXITSTATUS(ws) == 127) cli_error("bench", "%s", "could not run /proc/self/exe to write the synthetic model");
         return 1;
     }
     return 0;
@@ -585,14 +631,15 @@ int cmd_bench(int argc, char **argv) {
     const synth_part part = o.vision_only ? SYNTH_VISION_STUB : o.llm_only ? SYNTH_LLM_ONLY : SYNTH_FULL;
 
     if (o.write_out) {
-        synth_opts so = synth_opts_of(&o, part, 0);
-        if (write_synthetic(&o, &so, o.write_out)) return 1;
+        synth_opts so = synth_opts_of(&o, part, o.image.n ? o.image.v[0] : 0);
+        if (write_synthetic_here(&so, o.preset, o.write_out)) return 1;
         printf("wrote %s: synthetic %s%s, %s", o.write_out, p->name,
                part == SYNTH_VISION_STUB ? " (vision side + 1-layer stand-in LLM)"
                : part == SYNTH_LLM_ONLY || !synth_has_vision(p) ? " (LLM only, architecture llama)"
                                                                  : "",
                mg_type_name(o.type));
-        if (part != SYNTH_LLM_ONLY && synth_has_vision(p)) printf(", vision %s", mg_type_name(o.vision_type));
+        if (part != SYNTH_LLM_ONLY && synth_has_vision(p))
+            printf(", vision %s at %d px", mg_type_name(o.vision_type), so.image_size ? so.image_size : p->v_image);
         printf(", %.2f B weights, %.2f GiB of tensor data\n", (double)synth_n_params(p, &so) * 1e-9,
                (double)synth_data_bytes(p, &so) / (1024.0 * 1024.0 * 1024.0));
         return 0;
