@@ -972,6 +972,22 @@ void tr_adamw_update(float *p, const float *g, float *mom1, float *mom2, int64_t
     }
 }
 
+/* One tensor's AdamW split over the pool's threads: the update is elementwise, so the split
+ * changes no bit of it. */
+typedef struct {
+    tr_model *m;
+    const tr_tensor *t;
+    const tr_opt *o;
+    float lr;
+} adamw_job;
+
+static void adamw_task(void *ctx, int64_t i0, int64_t i1, int ith) {
+    const adamw_job *j = ctx;
+    const int64_t off = j->t->off + i0;
+    tr_adamw_update(j->m->params + off, j->m->grads + off, j->m->adam_m + off, j->m->adam_v + off, i1 - i0, j->lr,
+                    j->o->beta1, j->o->beta2, j->o->eps, j->t->decay ? j->o->weight_decay : 0.0f, j->m->step);
+}
+
 /* Clip + AdamW over the trained tensors. */
 void tr_step(tr_model *m, const tr_opt *o, float *lr_out, double *gnorm_out) {
     const double gn = tr_clip_grad(m, o->clip);
@@ -980,8 +996,8 @@ void tr_step(tr_model *m, const tr_opt *o, float *lr_out, double *gnorm_out) {
     for (int i = 0; i < m->n_tensors; i++) {
         const tr_tensor *t = &m->tensors[i];
         if (!(t->group & m->train_mask)) continue;
-        tr_adamw_update(m->params + t->off, m->grads + t->off, m->adam_m + t->off, m->adam_v + t->off, t->n, lr,
-                        o->beta1, o->beta2, o->eps, t->decay ? o->weight_decay : 0.0f, m->step);
+        adamw_job j = {m, t, o, lr};
+        mg_pool_run(m->pool, t->n, 4096, adamw_task, &j);
     }
     if (lr_out) *lr_out = lr;
     if (gnorm_out) *gnorm_out = gn;

@@ -460,14 +460,17 @@ typedef struct {
     float *mask_loss;      /* [slots] */
     int32_t *ids;
     uint8_t *mask;
-    world_example *ex;     /* [WORLD_MAX_EXAMPLES] */
+    world_example *ex;     /* [threads][WORLD_MAX_EXAMPLES] scratch */
+    mg_status *slot_st;    /* [slots] status of each slot of a batch built on the threads */
+    char (*slot_err)[256]; /* [slots] its message */
     world_opts scene;      /* the world's restrictions (p->scene parsed) */
 } tl_data;
 
 /* Builds example number c (training stream) or held-out example c (eval) into d's buffers of
- * batch slot `slot`. */
-static mg_status data_get(tl_data *d, uint64_t c, bool eval, int slot, tr_example *out, char *err,
-                         size_t err_len) {
+ * batch slot `slot`; exbuf holds WORLD_MAX_EXAMPLES examples of scratch (one per thread, so
+ * slots can be built side by side: nothing else in d is written outside the slot's own rows). */
+static mg_status data_get_with(tl_data *d, world_example *exbuf, uint64_t c, bool eval, int slot, tr_example *out,
+                               char *err, size_t err_len) {
     float *image = d->image + (size_t)slot * 3 * (size_t)d->S * (size_t)d->S;
     int32_t *ids = d->ids + (size_t)slot * (size_t)d->max_text;
     uint8_t *mask = d->mask + (size_t)slot * (size_t)d->max_text;
@@ -505,7 +508,7 @@ static mg_status data_get(tl_data *d, uint64_t c, bool eval, int slot, tr_exampl
                 if (p->task_weight[t] > 0) tmask |= 1u << t;
             /* a quarter of the training examples use the fixed (evaluation / demo) instructions */
             bool style = eval || (mix64(r ^ 0x5157ull) & 3) == 0;
-            st = world_scene_examples(&sc, tmask, style, d->ex, WORLD_MAX_EXAMPLES, &n, err, err_len);
+            st = world_scene_examples(&sc, tmask, style, exbuf, WORLD_MAX_EXAMPLES, &n, err, err_len);
             if (st != MG_OK || n == 0) {
                 world_scene_free(&sc);
                 if (st != MG_OK) return st;
@@ -513,18 +516,18 @@ static mg_status data_get(tl_data *d, uint64_t c, bool eval, int slot, tr_exampl
             }
             /* weighted task among those this scene has, then one of its examples */
             double tot = 0;
-            for (int i = 0; i < n; i++) tot += p->task_weight[d->ex[i].task];
+            for (int i = 0; i < n; i++) tot += p->task_weight[exbuf[i].task];
             r = mix64(r);
             double u = (double)(r >> 11) * (1.0 / 9007199254740992.0) * tot;
             int pick = n - 1;
             for (int i = 0; i < n; i++) {
-                u -= p->task_weight[d->ex[i].task];
+                u -= p->task_weight[exbuf[i].task];
                 if (u < 0) {
                     pick = i;
                     break;
                 }
             }
-            st = tl_encode(d->tok, d->ex[pick].instruction, d->ex[pick].answer, ids, mask, d->max_text, &n_text,
+            st = tl_encode(d->tok, exbuf[pick].instruction, exbuf[pick].answer, ids, mask, d->max_text, &n_text,
                            &img_pos, err, err_len);
             if (st == MG_OK) mg_image_to_tensor(&sc.image, NULL, NULL, image);
             if (st == MG_OK && d->plabels) {
@@ -559,6 +562,40 @@ static mg_status data_get(tl_data *d, uint64_t c, bool eval, int slot, tr_exampl
         out->mask_weight = p->mask_weight;
         out->mask_loss = &d->mask_loss[slot];
     }
+    return MG_OK;
+}
+
+static mg_status data_get(tl_data *d, uint64_t c, bool eval, int slot, tr_example *out, char *err, size_t err_len) {
+    return data_get_with(d, d->ex, c, eval, slot, out, err, err_len);
+}
+
+/* A training batch built on the pool's threads: slot b is example first + b, built by the thread
+ * whose part holds b (each example depends on its number alone, so the batch is the same
+ * whatever the thread count). */
+typedef struct {
+    tl_data *d;
+    uint64_t first;
+    tr_example *ex;
+    mg_status *st;   /* [batch] */
+    char (*err)[256]; /* [batch] */
+} batch_job;
+
+static void batch_task(void *ctx, int64_t i0, int64_t i1, int ith) {
+    batch_job *j = ctx;
+    world_example *exbuf = j->d->ex + (size_t)ith * WORLD_MAX_EXAMPLES;
+    for (int64_t b = i0; b < i1; b++)
+        j->st[b] = data_get_with(j->d, exbuf, j->first + (uint64_t)b, false, (int)b, &j->ex[b], j->err[b],
+                                 sizeof j->err[b]);
+}
+
+/* Builds the batch of examples first .. first + n - 1 into ex[0..n); the first slot's error
+ * (in slot order) is the one reported. */
+static mg_status data_batch(tl_data *d, mg_pool *pool, uint64_t first, int n, tr_example *ex, char *err,
+                            size_t err_len) {
+    batch_job j = {d, first, ex, d->slot_st, d->slot_err};
+    mg_pool_run(pool, n, 1, batch_task, &j);
+    for (int b = 0; b < n; b++)
+        if (d->slot_st[b] != MG_OK) return mg_err(err, err_len, d->slot_st[b], "%s", d->slot_err[b]);
     return MG_OK;
 }
 
@@ -858,8 +895,12 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
                         "keeps the head; start a stage with --init for a new one)",
                         p.aux_labels == TL_AUX_SHAPE ? "shape" : "joint", m->cfg.aux_classes, want);
         batch_loss = malloc(sizeof *batch_loss * slots);
-        d.ex = malloc(sizeof *d.ex * WORLD_MAX_EXAMPLES);
-        if (!d.image || !d.ids || !d.mask || !d.ex || !batch_ex || !batch_loss || !d.aux_loss) st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
+        d.slot_st = malloc(sizeof *d.slot_st * slots);
+        d.slot_err = malloc(sizeof *d.slot_err * slots);
+        d.ex = malloc(sizeof *d.ex * WORLD_MAX_EXAMPLES * (size_t)mg_pool_n_threads(m->pool));
+        if (!d.image || !d.ids || !d.mask || !d.ex || !batch_ex || !batch_loss || !d.aux_loss || !d.slot_st ||
+            !d.slot_err)
+            st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
     }
     if (st == MG_OK) st = make_kv(&p, tok, &kvf, &kvbuf, err, err_len);
 
@@ -880,11 +921,8 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
     while (st == MG_OK && m->step < p.steps && !cancelled) {
         tr_zero_grad(m);
         double lsum = 0;
-        for (int b = 0; b < p.batch && st == MG_OK; b++) {
-            st = data_get(&d, (uint64_t)m->step * (uint64_t)p.batch + (uint64_t)b, false, b, &batch_ex[b], err,
-                          err_len);
-            if (st == MG_OK) rows += batch_ex[b].n_text + d.n_img;
-        }
+        st = data_batch(&d, m->pool, (uint64_t)m->step * (uint64_t)p.batch, p.batch, batch_ex, err, err_len);
+        for (int b = 0; b < p.batch && st == MG_OK; b++) rows += batch_ex[b].n_text + d.n_img;
         if (st == MG_OK)
             st = tr_forward_backward_batch(m, batch_ex, p.batch, true, 1.0f / (float)p.batch, batch_loss, err, err_len);
         if (st != MG_OK) break;
@@ -950,6 +988,8 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
     gguf_close(kvf);
     free(kvbuf);
     free(d.image);
+    free(d.slot_st);
+    free(d.slot_err);
     free(batch_ex);
     free(batch_loss);
     free(d.plabels);

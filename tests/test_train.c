@@ -1048,3 +1048,35 @@ TEST(train_pos_sincos_init) {
     tr_model_free(a);
     tr_model_free(b);
 }
+
+/* tr_step splits each tensor's AdamW over the pool's threads: one, two or three threads give the
+ * same bits (the update is elementwise), and every trained parameter moves. */
+TEST(train_step_threads_same_bits) {
+    tr_model *m[3] = {make_model(41, 1), make_model(41, 2), make_model(41, 3)};
+    CHECK(m[0] && m[1] && m[2]);
+    if (m[0] && m[1] && m[2]) {
+        const int64_t n = m[0]->n_params;
+        float *before = malloc((size_t)n * sizeof(float));
+        memcpy(before, m[0]->params, (size_t)n * sizeof(float));
+        tr_opt o = tr_opt_default();
+        o.lr = 1e-2f;
+        o.warmup = 0;
+        o.total = 10;
+        for (int k = 0; k < 3; k++) {
+            uint64_t s = 77;
+            m[k]->train_mask = TR_GROUP_VISION | TR_GROUP_PROJ | TR_GROUP_LLM;
+            for (int step = 0; step < 3; step++) {
+                for (int64_t i = 0; i < n; i++) m[k]->grads[i] = test_rng_float(&s) * 1e-2f;
+                tr_step(m[k], &o, NULL, NULL);
+            }
+        }
+        CHECK(memcmp(m[0]->params, m[1]->params, (size_t)n * sizeof(float)) == 0);
+        CHECK(memcmp(m[0]->params, m[2]->params, (size_t)n * sizeof(float)) == 0);
+        CHECK(memcmp(m[0]->adam_v, m[2]->adam_v, (size_t)n * sizeof(float)) == 0);
+        int64_t moved = 0;
+        for (int64_t i = 0; i < n; i++) moved += m[2]->params[i] != before[i];
+        CHECK_MSG(moved == n, "%lld of %lld parameters moved", (long long)moved, (long long)n);
+        free(before);
+    }
+    for (int k = 0; k < 3; k++) tr_model_free(m[k]);
+}

@@ -693,3 +693,27 @@ TEST(trainloop_mask_head) {
         gguf_close(f);
     }
 }
+
+/* The batch is built on the pool's threads: slot b is example step * batch + b whatever the
+ * thread count, so the first step's losses (made before any update, each example on one thread)
+ * are the same bits with one, two or three threads, and an odd batch splits unevenly. */
+TEST(trainloop_batch_threads_same_examples) {
+    char err[512];
+    float first[3] = {0};
+    for (int k = 0; k < 3; k++) {
+        tl_params p = tiny_params();
+        p.steps = 1;
+        p.batch = 5;
+        p.n_threads = k + 1;
+        for (int t = 0; t < TL_N_TASKS; t++) p.task_weight[t] = 1.0f; /* every task: examples differ in length */
+        recorder r = {0};
+        mg_status st = tl_train(&p, record, &r, err, sizeof err);
+        CHECK_MSG(st == MG_OK, "tl_train (%d threads): %s", k + 1, err);
+        CHECK_EQ_INT(r.n, 1);
+        first[k] = r.loss[0];
+    }
+    printf("  first-step loss %.6f / %.6f / %.6f (1 / 2 / 3 threads)\n", first[0], first[1], first[2]);
+    CHECK(first[0] > 0);
+    CHECK(memcmp(&first[0], &first[1], sizeof(float)) == 0);
+    CHECK(memcmp(&first[0], &first[2], sizeof(float)) == 0);
+}
