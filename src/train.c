@@ -227,6 +227,7 @@ struct tr_cache {
     float *aux_dfeat;       /* [Np, E] gradient into the ln_vision patch rows */
     uint8_t *aux_mask;      /* [Np] */
     int32_t *aux_tgt;       /* [Np] */
+    int32_t *aux_tgt2;      /* [Np] the colour targets of a split head */
     float *mask_logits, *mask_dlogits; /* [Np, P*P] */
 };
 
@@ -299,6 +300,7 @@ static void layout_cache(const tr_config *c, tr_cache *ch, carver *cv, int L) {
     ch->mask_dlogits = carve(cv, Np * Mk);
     ch->aux_mask = (uint8_t *)carve(cv, Np);
     ch->aux_tgt = (int32_t *)carve(cv, Np);
+    ch->aux_tgt2 = (int32_t *)carve(cv, Np);
 }
 
 /* Makes sure the cache holds sequences of L rows. */
@@ -688,15 +690,28 @@ static float aux_heads_fwd(tr_model *m, tr_cache *ch, mg_pool *pool, const tr_w 
     ch->aux_last = *aux;
     if (*aux) {
         const int64_t C = c->aux_classes;
+        const bool split = C == TR_AUX_SPLIT_CLASSES;
+        const int32_t S1 = TR_AUX_SPLIT_FIRST - 1, n_joint = 1 + S1 * (TR_AUX_SPLIT_CLASSES - TR_AUX_SPLIT_FIRST - 1);
         for (int64_t i = 0; i < Np; i++) {
             const int32_t t = ex->patch_labels[i];
-            ch->aux_mask[i] = t >= 0 && t < C;
-            ch->aux_tgt[i] = ch->aux_mask[i] ? t : 0;
+            ch->aux_mask[i] = t >= 0 && t < (split ? n_joint : C);
+            const int32_t u = ch->aux_mask[i] ? t : 0;
+            ch->aux_tgt[i] = split ? (u ? 1 + (u - 1) % S1 : 0) : u;
+            ch->aux_tgt2[i] = split ? (u ? 1 + (u - 1) / S1 : 0) : 0;
         }
         tr_linear_fwd(pool, ch->aux_logits, ch->pln + E, W->aux_w, W->aux_b, Np, C, E);
         if (backward) memset(ch->aux_dlogits, 0, (size_t)(Np * C) * sizeof(float));
-        const float al = tr_cross_entropy(backward ? ch->aux_dlogits : NULL, ch->aux_logits, ch->aux_tgt,
-                                          ch->aux_mask, Np, C, scale * ex->aux_weight);
+        float *dl = backward ? ch->aux_dlogits : NULL;
+        const float sw = scale * ex->aux_weight;
+        float al;
+        if (split) { /* shape softmax over the first columns, colour over the rest; losses add */
+            const int64_t F = TR_AUX_SPLIT_FIRST;
+            al = tr_cross_entropy_ld(dl, ch->aux_logits, C, ch->aux_tgt, ch->aux_mask, Np, F, sw) +
+                 tr_cross_entropy_ld(dl ? dl + F : NULL, ch->aux_logits + F, C, ch->aux_tgt2, ch->aux_mask, Np, C - F,
+                                     sw);
+        } else {
+            al = tr_cross_entropy(dl, ch->aux_logits, ch->aux_tgt, ch->aux_mask, Np, C, sw);
+        }
         if (ex->aux_loss) *ex->aux_loss = al;
         total += ex->aux_weight * al;
     } else if (ex->aux_loss) {

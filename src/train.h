@@ -16,6 +16,15 @@
 #include "gguf.h"
 #include "threadpool.h"
 
+/* A patch head of TR_AUX_SPLIT_CLASSES classes is two softmaxes over one linear layer: columns
+ * [0, TR_AUX_SPLIT_FIRST) take shape (background + 8 shapes) and the rest colour (background +
+ * 11 colours). Its labels are the world's joint patch labels t (0: background, else
+ * 1 + colour * 8 + shape): targets 1 + (t - 1) % 8 and 1 + (t - 1) / 8, and its loss is the sum
+ * of the two cross-entropies. So both read the tower at full strength from the first step,
+ * instead of one of them being read late from weak features. */
+#define TR_AUX_SPLIT_FIRST 9
+#define TR_AUX_SPLIT_CLASSES 21
+
 typedef struct {
     /* vision tower */
     int image_size;   /* S: input [3, S, S]; (S / patch_size)^2 must be a multiple of 4 */
@@ -39,6 +48,7 @@ typedef struct {
     /* training only: classes of the auxiliary patch head (0: none). The head (aux.patch_cls.*,
      * vision group) classifies every ln_vision patch row; it is not part of an exported model. */
     int aux_classes;
+    /* (aux_classes == TR_AUX_SPLIT_CLASSES: the head is two softmaxes, see below) */
     /* training only: outputs of the auxiliary mask head (0: none, else patch_size^2). The head
      * (aux.patch_mask.*, vision group) predicts, from every ln_vision patch row, which of the
      * patch's pixels belong to an object (sigmoid, binary cross-entropy); not exported. */

@@ -474,6 +474,12 @@ void tr_embed_bwd(float *dtable, const float *dout, const int32_t *ids, int64_t 
 /* Masked mean cross-entropy; gradient (softmax - onehot) / n_masked * scale on masked rows. */
 float tr_cross_entropy(float *dlogits, const float *logits, const int32_t *targets, const uint8_t *mask,
                        int64_t M, int64_t V, float scale) {
+    return tr_cross_entropy_ld(dlogits, logits, V, targets, mask, M, V, scale);
+}
+
+/* Masked mean cross-entropy over V columns of rows ld apart (see train_ops.h). */
+float tr_cross_entropy_ld(float *dlogits, const float *logits, int64_t ld, const int32_t *targets,
+                          const uint8_t *mask, int64_t M, int64_t V, float scale) {
     int64_t n = 0;
     for (int64_t m = 0; m < M; m++) n += mask[m] ? 1 : 0;
     if (n == 0) return 0.0f;
@@ -483,11 +489,11 @@ float tr_cross_entropy(float *dlogits, const float *logits, const int32_t *targe
         const float k = (float)((double)scale / (double)n);
         for (int64_t m = 0; m < M; m++) {
             if (!mask[m]) continue;
-            const float *l = logits + m * V;
+            const float *l = logits + m * ld;
             memcpy(p, l, (size_t)V * sizeof(float));
             total += mg_softmax_simd(p, V) - l[targets[m]];
             if (dlogits) {
-                float *dl = dlogits + m * V;
+                float *dl = dlogits + m * ld;
                 for (int64_t i = 0; i < V; i++) dl[i] += p[i] * k;
                 dl[targets[m]] -= k;
             }
@@ -497,7 +503,7 @@ float tr_cross_entropy(float *dlogits, const float *logits, const int32_t *targe
     }
     for (int64_t m = 0; m < M; m++) { /* no memory for a row: the same in plain double */
         if (!mask[m]) continue;
-        const float *l = logits + m * V;
+        const float *l = logits + m * ld;
         float mx = -INFINITY;
         for (int64_t i = 0; i < V; i++) mx = l[i] > mx ? l[i] : mx;
         double s = 0.0;
@@ -505,7 +511,7 @@ float tr_cross_entropy(float *dlogits, const float *logits, const int32_t *targe
         const double lse = mx + log(s);
         total += lse - l[targets[m]];
         if (dlogits) {
-            float *dl = dlogits + m * V;
+            float *dl = dlogits + m * ld;
             const double k = (double)scale / (double)n;
             for (int64_t i = 0; i < V; i++) dl[i] += (float)(exp((double)l[i] - lse) * k);
             dl[targets[m]] -= (float)k;

@@ -119,6 +119,9 @@ void tr_embed_bwd(float *dtable, const float *dout, const int32_t *ids, int64_t 
  * log-sum-exp is accumulated in double. */
 float tr_cross_entropy(float *dlogits, const float *logits, const int32_t *targets, const uint8_t *mask,
                        int64_t M, int64_t V, float scale);
+/* The same over V columns of rows ld apart (a group of columns inside wider rows). */
+float tr_cross_entropy_ld(float *dlogits, const float *logits, int64_t ld, const int32_t *targets,
+                          const uint8_t *mask, int64_t M, int64_t V, float scale);
 
 /* Binary cross-entropy with logits over n entries: loss = mean of
  * -(t log sigmoid(z) + (1 - t) log(1 - sigmoid(z))) for targets t in [0, 1] (0 when n is 0),

@@ -711,9 +711,15 @@ mg_status tl_export(const char *ckpt, const char *out, char *err, size_t err_len
 
 /* ==== The loop ==== */
 
+_Static_assert(TR_AUX_SPLIT_FIRST == 1 + WORLD_N_SHAPES && TR_AUX_SPLIT_CLASSES == 2 + WORLD_N_SHAPES + WORLD_N_COLORS,
+               "the split head's groups are the world's shapes and colours");
+
 /* Classes of the auxiliary head for TL_AUX_* labels (0: TL_AUX_DEFAULT, whatever the file has). */
 static int head_classes(int labels) {
-    return labels == TL_AUX_SHAPE ? WORLD_PATCH_SHAPE_CLASSES : labels == TL_AUX_JOINT ? WORLD_PATCH_CLASSES : 0;
+    return labels == TL_AUX_SHAPE   ? WORLD_PATCH_SHAPE_CLASSES
+           : labels == TL_AUX_JOINT ? WORLD_PATCH_CLASSES
+           : labels == TL_AUX_SPLIT ? TR_AUX_SPLIT_CLASSES
+                                    : 0;
 }
 
 /* Teacher-forced loss, token accuracy and exact answers over eval_n held-out examples. */
@@ -748,10 +754,20 @@ static mg_status run_eval(tr_model *m, tl_data *d, tl_progress *pg, char *err, s
             const int32_t t = ex.patch_labels[i];
             if (t <= 0 || t >= C) continue;
             const float *l = al + (size_t)i * (size_t)C;
+            obj_patch++;
+            if (C == TR_AUX_SPLIT_CLASSES) { /* argmax of each softmax */
+                int bs = 0, bc = TR_AUX_SPLIT_FIRST;
+                for (int k = 1; k < TR_AUX_SPLIT_FIRST; k++)
+                    if (l[k] > l[bs]) bs = k;
+                for (int k = TR_AUX_SPLIT_FIRST + 1; k < C; k++)
+                    if (l[k] > l[bc]) bc = k;
+                ok_shape += bs == 1 + (t - 1) % WORLD_N_SHAPES;
+                ok_color += bc - TR_AUX_SPLIT_FIRST == 1 + (t - 1) / WORLD_N_SHAPES;
+                continue;
+            }
             int best = 0;
             for (int k = 1; k < C; k++)
                 if (l[k] > l[best]) best = k;
-            obj_patch++;
             if (best > 0 && d->shape_labels) {
                 ok_shape += best == t;
             } else if (best > 0) {
@@ -885,7 +901,8 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
                         "and --aux W or --aux-mask W > 0");
         const int want = head_classes(p.aux_labels);
         if (st == MG_OK && p.aux_weight > 0 && !d.use_folder &&
-            (m->cfg.aux_classes != WORLD_PATCH_CLASSES && m->cfg.aux_classes != WORLD_PATCH_SHAPE_CLASSES))
+            (m->cfg.aux_classes != WORLD_PATCH_CLASSES && m->cfg.aux_classes != WORLD_PATCH_SHAPE_CLASSES &&
+             m->cfg.aux_classes != TR_AUX_SPLIT_CLASSES))
             st = mg_err(err, err_len, MG_ERR_INVALID_ARG,
                         "--aux needs a model with an auxiliary head (a new model, or a checkpoint trained with "
                         "--aux; exported models have no head)");
@@ -893,7 +910,10 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
             st = mg_err(err, err_len, MG_ERR_INVALID_ARG,
                         "--aux-labels %s: the checkpoint's auxiliary head has %d classes, not %d (--resume "
                         "keeps the head; start a stage with --init for a new one)",
-                        p.aux_labels == TL_AUX_SHAPE ? "shape" : "joint", m->cfg.aux_classes, want);
+                        p.aux_labels == TL_AUX_SHAPE   ? "shape"
+                        : p.aux_labels == TL_AUX_SPLIT ? "shape+colour"
+                                                       : "joint",
+                        m->cfg.aux_classes, want);
         batch_loss = malloc(sizeof *batch_loss * slots);
         d.slot_st = malloc(sizeof *d.slot_st * slots);
         d.slot_err = malloc(sizeof *d.slot_err * slots);

@@ -30,7 +30,8 @@ typedef struct {
     bool aux_objects;        /* world: the auxiliary loss only on the patches of objects (background
                                 patches left out, so each object patch weighs more) */
     int aux_labels;          /* world: classes of the auxiliary head: TL_AUX_JOINT (colour x shape, the
-                                default of a new model) or TL_AUX_SHAPE (shape only); 0 = that
+                                default of a new model), TL_AUX_SHAPE (shape only) or TL_AUX_SPLIT
+                                (shape and colour as two softmaxes, TR_AUX_SPLIT_CLASSES); 0 = that
                                 default, or the head of the --init / --resume file. --init with
                                 other labels than the file's head starts a new head at zero */
     int batch;               /* examples per optimizer step (gradient accumulation) */
@@ -47,7 +48,7 @@ typedef struct {
     const char *init_path;   /* start from these weights and vocabulary (fresh optimizer) */
 } tl_params;
 
-enum { TL_AUX_DEFAULT = 0, TL_AUX_JOINT = 1, TL_AUX_SHAPE = 2 };
+enum { TL_AUX_DEFAULT = 0, TL_AUX_JOINT = 1, TL_AUX_SHAPE = 2, TL_AUX_SPLIT = 3 };
 
 /* Defaults: the demo model's configuration and recipe (docs/DEMO_MODEL.md). */
 tl_params tl_default_params(void);

@@ -1080,3 +1080,86 @@ TEST(train_step_threads_same_bits) {
     }
     for (int k = 0; k < 3; k++) tr_model_free(m[k]);
 }
+
+/* The split head (TR_AUX_SPLIT_CLASSES): two softmaxes over one linear layer, shape on the first
+ * TR_AUX_SPLIT_FIRST columns and colour on the rest, targets decoded from joint labels. Its loss
+ * is the sum of the two cross-entropies recomputed here in double from the head's logits, and
+ * its gradients match finite differences down into the tower. */
+TEST(train_aux_split_head_fd) {
+    tr_config c = tr_config_tiny();
+    c.aux_classes = TR_AUX_SPLIT_CLASSES;
+    tr_model *m = NULL;
+    char err[256];
+    CHECK(tr_model_create(&m, &c, 37, 1, err, sizeof err) == MG_OK);
+    if (!m) return;
+    uint64_t s = 91;
+    for (int64_t i = 0; i < m->n_params; i++) m->params[i] += 0.05f * test_rng_float(&s);
+    static example_buf b;
+    make_example(&b, 5);
+    const int F = TR_AUX_SPLIT_FIRST, C = TR_AUX_SPLIT_CLASSES, S1 = F - 1, n_joint = 1 + S1 * (C - F - 1);
+    int32_t labels[16];
+    for (int i = 0; i < 16; i++) labels[i] = (int32_t)(test_rng_next(&s) % (uint64_t)n_joint);
+    labels[2] = -1;      /* ignored */
+    labels[5] = n_joint; /* past the joint labels: ignored */
+    labels[7] = 0;       /* background: both targets 0 */
+    labels[9] = n_joint - 1;
+    float aux = -1.0f, loss = 0;
+    b.ex.patch_labels = labels;
+    b.ex.aux_weight = 0.6f;
+    b.ex.aux_loss = &aux;
+    tr_zero_grad(m);
+    CHECK(tr_forward_backward(m, &b.ex, true, 1.0f, &loss, err, sizeof err) == MG_OK);
+    const float *lg = tr_last_aux_logits(m);
+    CHECK(lg != NULL);
+    if (lg) {
+        double want = 0;
+        int n = 0;
+        for (int i = 0; i < 16; i++) {
+            const int32_t t = labels[i];
+            if (t < 0 || t >= n_joint) continue;
+            const int ts = t ? 1 + (t - 1) % S1 : 0, tc = t ? 1 + (t - 1) / S1 : 0;
+            const float *l = lg + (size_t)i * C;
+            double zs = 0, zc = 0;
+            for (int k = 0; k < F; k++) zs += exp((double)l[k]);
+            for (int k = F; k < C; k++) zc += exp((double)l[k]);
+            want += log(zs) - l[ts] + log(zc) - l[F + tc];
+            n++;
+        }
+        want /= n;
+        CHECK_EQ_INT(n, 14);
+        CHECK_MSG(fabs(aux - want) < 1e-5 * fabs(want), "split loss %.7f, by hand %.7f", aux, want);
+        CHECK(aux > 2.0f && aux < 8.0f); /* about log 9 + log 12 for a fresh head */
+    }
+    const char *names[] = {"aux.patch_cls.weight", "aux.patch_cls.bias", "v.post_ln.weight", "v.blk.1.ffn_up.weight",
+                           "v.patch_embd.weight"};
+    int checked = 0;
+    const double worst = heads_fd(m, &b.ex, names, sizeof names / sizeof names[0], &s, &checked);
+    printf("    %d gradients, worst relative error %.2e\n", checked, worst);
+    tr_model_free(m);
+}
+
+/* tr_cross_entropy_ld over a column group of wider rows = tr_cross_entropy over that group copied
+ * out (loss and gradient), and leaves the other columns' gradients alone. */
+TEST(train_ce_strided_group) {
+    enum { M = 5, LD = 11, G0 = 4, V = 6 };
+    uint64_t s = 5;
+    float logits[M * LD], sub[M * V], d1[M * LD], d2[M * V];
+    for (int i = 0; i < M * LD; i++) logits[i] = 3.0f * test_rng_float(&s);
+    for (int m = 0; m < M; m++) memcpy(sub + m * V, logits + m * LD + G0, V * sizeof(float));
+    int32_t tg[M] = {0, 5, 2, 3, 1};
+    uint8_t mask[M] = {1, 1, 0, 1, 1};
+    for (int i = 0; i < M * LD; i++) d1[i] = i % LD >= G0 && i % LD < G0 + V ? 0.0f : 0.25f; /* others: a marker */
+    memset(d2, 0, sizeof d2);
+    const float a = tr_cross_entropy_ld(d1 + G0, logits + G0, LD, tg, mask, M, V, 0.5f);
+    const float b = tr_cross_entropy(d2, sub, tg, mask, M, V, 0.5f);
+    CHECK(a == b && a > 0.0f);
+    int same = 0, untouched = 0;
+    for (int m = 0; m < M; m++)
+        for (int j = 0; j < LD; j++) {
+            const float g = d1[m * LD + j];
+            if (j >= G0 && j < G0 + V) same += g == d2[m * V + j - G0];
+            else untouched += g == 0.25f;
+        }
+    CHECK_EQ_INT(same, M * V);
+    CHECK_EQ_INT(untouched, M * (LD - V));
+}

@@ -50,7 +50,8 @@ static void usage(FILE *f) {
             "  --aux-objects     world: the auxiliary loss on object patches only (background\n"
             "                    patches left out, so each object patch weighs more)\n"
             "  --aux-labels L    world: what the auxiliary head classifies: joint (colour x\n"
-            "                    shape, 89 classes; default) or shape (9 classes). Without it\n"
+            "                    shape, 89 classes; default), shape (9 classes) or\n"
+            "                    shape+colour (two softmaxes, 9 + 12 classes). Without it\n"
             "                    --init / --resume keep the file's head; --init with other\n"
             "                    labels than the file's starts a new head at zero\n"
             "  --init MODEL      start from these weights and vocabulary (fresh optimizer)\n"
@@ -225,7 +226,8 @@ int cmd_train(int argc, char **argv) {
             const char *lv = argv[++i];
             if (!strcmp(lv, "joint")) p.aux_labels = TL_AUX_JOINT;
             else if (!strcmp(lv, "shape")) p.aux_labels = TL_AUX_SHAPE;
-            else return cli_error("train", "--aux-labels: '%s' is not joint or shape", lv);
+            else if (!strcmp(lv, "shape+colour")) p.aux_labels = TL_AUX_SPLIT;
+            else return cli_error("train", "--aux-labels: '%s' is not joint, shape or shape+colour", lv);
         }
         else if (!strcmp(a, "-q")) ui.quiet = 1;
         else {
