@@ -540,26 +540,38 @@ static int head_classes(const char *path) {
  * not), the evaluation reports the shape accuracy without a colour, --init keeps the head's
  * labels or starts a new head for other labels, and --resume with other labels, or vision-aux
  * without --aux, is refused. */
+/* 40 steps of --train vision-aux with the given head labels on the tiny world, checkpoint ck, a
+ * held-out evaluation at the end; *p gets the options used, first / last the means of the first
+ * and last three auxiliary losses. False (after a failed check) when the run failed. */
+static bool vision_aux_stage(tl_params *p, const char *ck, int labels, head_rec *r, float *first, float *last) {
+    char err[512];
+    *p = tiny_params();
+    p->steps = 40;
+    p->batch = 4;
+    p->n_threads = 2;
+    p->aux_weight = 1.0f;
+    p->aux_labels = labels;
+    CHECK(tr_parse_mode("vision-aux", &p->train_mask, err, sizeof err) == MG_OK);
+    p->eval_every = 40;
+    p->eval_n = 6;
+    p->ckpt_path = ck;
+    mg_status st = tl_train(p, record_heads, r, err, sizeof err);
+    CHECK_MSG(st == MG_OK, "tl_train: %s", err);
+    if (st != MG_OK || r->n < 6) return false;
+    *first = (r->aux[0] + r->aux[1] + r->aux[2]) / 3;
+    *last = (r->aux[r->n - 1] + r->aux[r->n - 2] + r->aux[r->n - 3]) / 3;
+    return true;
+}
+
 TEST(trainloop_shape_labels_vision_aux) {
     char ck[4096], ck2[4200], ck3[4200], err[512];
     snprintf(ck, sizeof ck, "%s/tl_vaux.ckpt", test_data_dir());
     snprintf(ck2, sizeof ck2, "%s/tl_vaux2.ckpt", test_data_dir());
     snprintf(ck3, sizeof ck3, "%s/tl_vaux3.ckpt", test_data_dir());
-    tl_params p = tiny_params();
-    p.steps = 40;
-    p.batch = 4;
-    p.n_threads = 2;
-    p.aux_weight = 1.0f;
-    p.aux_labels = TL_AUX_SHAPE;
-    CHECK(tr_parse_mode("vision-aux", &p.train_mask, err, sizeof err) == MG_OK);
-    p.eval_every = 40;
-    p.eval_n = 6;
-    p.ckpt_path = ck;
+    tl_params p;
     head_rec r = {0};
-    mg_status st = tl_train(&p, record_heads, &r, err, sizeof err);
-    CHECK_MSG(st == MG_OK, "tl_train: %s", err);
-    if (st != MG_OK || r.n < 6) return;
-    const float first = (r.aux[0] + r.aux[1] + r.aux[2]) / 3, last = (r.aux[r.n - 1] + r.aux[r.n - 2] + r.aux[r.n - 3]) / 3;
+    float first, last;
+    if (!vision_aux_stage(&p, ck, TL_AUX_SHAPE, &r, &first, &last)) return;
     printf("    shape-label aux loss %.3f -> %.3f (means of 3 steps); eval patch colour %.2f shape %.2f\n", first,
            last, r.color, r.shape);
     CHECK(first > 0.0f && last < first * 0.85f);
@@ -726,21 +738,10 @@ TEST(trainloop_split_labels) {
     char ck[4096], ck2[4200], err[512];
     snprintf(ck, sizeof ck, "%s/tl_split.ckpt", test_data_dir());
     snprintf(ck2, sizeof ck2, "%s/tl_split2.ckpt", test_data_dir());
-    tl_params p = tiny_params();
-    p.steps = 40;
-    p.batch = 4;
-    p.n_threads = 2;
-    p.aux_weight = 1.0f;
-    p.aux_labels = TL_AUX_SPLIT;
-    CHECK(tr_parse_mode("vision-aux", &p.train_mask, err, sizeof err) == MG_OK);
-    p.eval_every = 40;
-    p.eval_n = 6;
-    p.ckpt_path = ck;
+    tl_params p;
     head_rec r = {0};
-    mg_status st = tl_train(&p, record_heads, &r, err, sizeof err);
-    CHECK_MSG(st == MG_OK, "tl_train: %s", err);
-    if (st != MG_OK || r.n < 6) return;
-    const float first = (r.aux[0] + r.aux[1] + r.aux[2]) / 3, last = (r.aux[r.n - 1] + r.aux[r.n - 2] + r.aux[r.n - 3]) / 3;
+    float first, last;
+    if (!vision_aux_stage(&p, ck, TL_AUX_SPLIT, &r, &first, &last)) return;
     printf("    split-head aux loss %.3f -> %.3f; eval patch colour %.2f shape %.2f\n", first, last, r.color, r.shape);
     CHECK(first > 0.0f && last < first * 0.85f);
     CHECK(fabsf(r.aux[0] - logf(9.0f * 12.0f)) < 0.3f); /* a fresh head: near log 9 + log 12 */
