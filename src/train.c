@@ -691,13 +691,13 @@ static float aux_heads_fwd(tr_model *m, tr_cache *ch, mg_pool *pool, const tr_w 
     if (*aux) {
         const int64_t C = c->aux_classes;
         const bool split = C == TR_AUX_SPLIT_CLASSES;
-        const int32_t S1 = TR_AUX_SPLIT_FIRST - 1, n_joint = 1 + S1 * (TR_AUX_SPLIT_CLASSES - TR_AUX_SPLIT_FIRST - 1);
         for (int64_t i = 0; i < Np; i++) {
             const int32_t t = ex->patch_labels[i];
-            ch->aux_mask[i] = t >= 0 && t < (split ? n_joint : C);
+            ch->aux_mask[i] = t >= 0 && t < (split ? TR_AUX_SPLIT_LABELS : C);
             const int32_t u = ch->aux_mask[i] ? t : 0;
-            ch->aux_tgt[i] = split ? (u ? 1 + (u - 1) % S1 : 0) : u;
-            ch->aux_tgt2[i] = split ? (u ? 1 + (u - 1) / S1 : 0) : 0;
+            ch->aux_tgt[i] = u;
+            ch->aux_tgt2[i] = 0;
+            if (split) tr_aux_split_targets(u, &ch->aux_tgt[i], &ch->aux_tgt2[i]);
         }
         tr_linear_fwd(pool, ch->aux_logits, ch->pln + E, W->aux_w, W->aux_b, Np, C, E);
         if (backward) memset(ch->aux_dlogits, 0, (size_t)(Np * C) * sizeof(float));

@@ -24,6 +24,15 @@
  * instead of one of them being read late from weak features. */
 #define TR_AUX_SPLIT_FIRST 9
 #define TR_AUX_SPLIT_CLASSES 21
+/* Joint labels a split head takes: 0 and 1 + colour * 8 + shape for 11 colours. */
+#define TR_AUX_SPLIT_LABELS (1 + (TR_AUX_SPLIT_FIRST - 1) * (TR_AUX_SPLIT_CLASSES - TR_AUX_SPLIT_FIRST - 1))
+
+/* The two targets of joint label t (0 <= t < TR_AUX_SPLIT_LABELS): the shape group's (0..8) and
+ * the colour group's (0..11), both 0 for the background. */
+static inline void tr_aux_split_targets(int32_t t, int32_t *shape, int32_t *colour) {
+    *shape = t ? 1 + (t - 1) % (TR_AUX_SPLIT_FIRST - 1) : 0;
+    *colour = t ? 1 + (t - 1) / (TR_AUX_SPLIT_FIRST - 1) : 0;
+}
 
 typedef struct {
     /* vision tower */

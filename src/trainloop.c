@@ -761,8 +761,10 @@ static mg_status run_eval(tr_model *m, tl_data *d, tl_progress *pg, char *err, s
                     if (l[k] > l[bs]) bs = k;
                 for (int k = TR_AUX_SPLIT_FIRST + 1; k < C; k++)
                     if (l[k] > l[bc]) bc = k;
-                ok_shape += bs == 1 + (t - 1) % WORLD_N_SHAPES;
-                ok_color += bc - TR_AUX_SPLIT_FIRST == 1 + (t - 1) / WORLD_N_SHAPES;
+                int32_t ts, tc;
+                tr_aux_split_targets(t, &ts, &tc);
+                ok_shape += bs == ts;
+                ok_color += bc - TR_AUX_SPLIT_FIRST == tc;
                 continue;
             }
             int best = 0;
