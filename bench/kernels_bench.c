@@ -4,12 +4,13 @@
  * docs/numerics.md tolerance), then timed over several repetitions; min and median are printed
  * as GFLOP/s and as GB/s of weights streamed. Not a test: timings depend on the machine's load.
  *
- *     build/kernels_bench [-t threads] [-r reps] [type M N K]... | attn | peak
+ *     build/kernels_bench [-t threads] [-r reps] [-w] [type M N K]... | attn | peak
  *
  * Without shape arguments it runs the standard list (LLaMA-7B decode and prefill, EVA ViT-g);
  * "attn" times the attention loops of one decode step and the elementwise ops; "peak" measures
  * the fp32 FMA peak (12 independent FMA chains per thread, all threads at once), the yardstick of
- * the compute-bound figures in docs/PERFORMANCE.md. Decode cases
+ * the compute-bound figures in docs/PERFORMANCE.md. -w times mg_matmul_wide (the image encoder's
+ * product; float types) instead of mg_matmul. Decode cases
  * cycle through copies of the weights larger than the last-level cache. Wall times suffer from
  * other processes on a busy machine; "cpu(thread 0)" is the calling thread's CPU time, which
  * does not (with 2 threads it includes thread 0 spinning while it waits for the other).
@@ -70,6 +71,16 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+static bool use_wide; /* -w: mg_matmul_wide */
+
+static void matmul(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x, const void *w, int type,
+                   int64_t M, int64_t N, int64_t K, void *work) {
+    if (use_wide)
+        mg_matmul_wide(pool, o, y, x, w, type, M, N, K, work);
+    else
+        mg_matmul(pool, o, y, x, w, type, M, N, K, work);
+}
+
 static uint64_t rng_state = 12345;
 static float rnd(void) {
     rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
@@ -112,13 +123,13 @@ static bool run_case(mg_pool *pool, int nthreads, int reps, const char *tname, i
     for (int64_t i = 0; i < M * K; i++) x[i] = rnd();
 
     /* check: a few rows against the reference, relative to sum |x w| (bound from numerics.md) */
-    mg_matmul(pool, NULL, y, x, w, type, M, N, K, work);
+    matmul(pool, NULL, y, x, w, type, M, N, K, work);
     mg_kernel_opts ref = {true};
     double worst = 0;
     const int64_t check_rows[3] = {0, M / 2, M - 1};
     for (int c = 0; c < 3; c++) {
         int64_t m = check_rows[c];
-        mg_matmul(NULL, &ref, yr, x + m * K, w, type, 1, N, K, work);
+        matmul(NULL, &ref, yr, x + m * K, w, type, 1, N, K, work);
         for (int64_t n = 0; n < N; n += 7) {
             mg_get_row_f32(w, type, K, n, row);
             double mag = 0;
@@ -133,7 +144,7 @@ static bool run_case(mg_pool *pool, int nthreads, int reps, const char *tname, i
     for (int r = 0; r < reps; r++) {
         double c0 = thread_cpu_s();
         int64_t t0 = mg_time_us();
-        mg_matmul(pool, NULL, y, x, w + wbytes * (size_t)(r % copies), type, M, N, K, work);
+        matmul(pool, NULL, y, x, w + wbytes * (size_t)(r % copies), type, M, N, K, work);
         t[r] = (double)(mg_time_us() - t0) * 1e-6;
         tc[r] = thread_cpu_s() - c0;
     }
@@ -311,15 +322,17 @@ int main(int argc, char **argv) {
     for (; a < argc && argv[a][0] == '-'; a++) {
         if (strcmp(argv[a], "-t") == 0 && a + 1 < argc) nthreads = atoi(argv[++a]);
         else if (strcmp(argv[a], "-r") == 0 && a + 1 < argc) reps = atoi(argv[++a]);
+        else if (strcmp(argv[a], "-w") == 0) use_wide = true;
         else {
-            fprintf(stderr, "usage: %s [-t threads] [-r reps] [type M N K]... | attn | peak\n", argv[0]);
+            fprintf(stderr, "usage: %s [-t threads] [-r reps] [-w] [type M N K]... | attn | peak\n", argv[0]);
             return 2;
         }
     }
     if (reps < 1) reps = 1;
     mg_pool *pool = NULL;
     if (mg_pool_create(&pool, nthreads) != MG_OK) return 1;
-    printf("kernels: %s, %d threads, %d reps\n", mg_kernels_isa(), nthreads, reps);
+    printf("kernels: %s, %d threads, %d reps%s\n", mg_kernels_isa(), nthreads, reps,
+           use_wide ? ", mg_matmul_wide" : "");
     bool ok = true;
     if (a < argc && strcmp(argv[a], "peak") == 0) {
         run_peak(pool, nthreads, reps);

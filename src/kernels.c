@@ -132,9 +132,33 @@ static void gemm_acc_ref(float *C, const float *A, const float *B, int64_t M, in
         }
 }
 
+/* mg_matmul_wide's definition for float weights: y = fma(x[k], w[k], y) for k = 0 .. K-1 from 0,
+ * each product and sum rounded once (fmaf), as the SIMD chains do. */
+static void mmw_ref(const mg_mm_args *a, int64_t n0, int64_t n1) {
+    const size_t wrow = mg_row_size(a->wtype, a->K);
+    for (int64_t n = n0; n < n1; n++) {
+        const char *wr = (const char *)a->w + (size_t)n * wrow;
+        for (int64_t m = 0; m < a->M; m++) {
+            const float *xr = a->x + m * a->K;
+            float v = 0.0f;
+            for (int64_t k = 0; k < a->K; k++) {
+                float w;
+                switch (a->wtype) {
+                case MG_TYPE_F16: w = mg_fp16_to_fp32(((const mg_fp16 *)(const void *)wr)[k]); break;
+                case MG_TYPE_BF16: w = mg_bf16_to_fp32(((const mg_bf16 *)(const void *)wr)[k]); break;
+                default: w = ((const float *)(const void *)wr)[k]; break;
+                }
+                v = fmaf(xr[k], w, v);
+            }
+            a->y[m * a->N + n] = v;
+        }
+    }
+}
+
 static const mg_kernel_table ref_table = {
     "ref", mm_ref, mm_ref, mm_ref, mm_ref, mm_ref, quantize_q8_0_ref, attn_scores_ref, attn_values_ref,
     mg_rmsnorm, mg_softmax, mg_silu, mg_gelu, transpose_ref, mg_gelu_bwd, vec_add_ref, gemm_acc_ref,
+    mmw_ref, mmw_ref, mmw_ref,
 };
 static mg_kernel_table sel_table;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -182,6 +206,7 @@ static void init_tables(void) {
         return;
     }
     t = ref_table;
+    t.mmw_f32 = t.mmw_f16 = t.mmw_bf16 = NULL; /* the AVX2 variant has no wide kernels */
     if (c.avx2 && mg_kernels_fill_avx2(&t)) sel_table = t;
 }
 
@@ -240,6 +265,22 @@ static void mm_task(void *ctx, int64_t i0, int64_t i1, int ith) {
     }
 }
 
+/* Runs j->fn over the output columns: units of `tile` columns, grouped in chunks of at least
+ * ~256 KiB of weights x rows (so a small matmul stays on one thread); M = 1 takes about
+ * MM_CHUNKS_PER_THREAD per thread. */
+static void mm_schedule(mg_pool *pool, mm_job *j) {
+    const int64_t M = j->a.M, N = j->a.N;
+    const int64_t units = (N + j->tile - 1) / j->tile;
+    const size_t unit_bytes = mg_row_size(j->a.wtype, j->a.K) * (size_t)j->tile * (size_t)M;
+    const int64_t min_units = (int64_t)MG_MAX((size_t)1, ((size_t)1 << 18) / MG_MAX(unit_bytes, (size_t)1));
+    const int nt = mg_pool_n_threads(pool);
+    const int64_t per = (int64_t)nt * (M == 1 ? MM_CHUNKS_PER_THREAD : 1);
+    j->chunk = nt == 1 ? units : MG_MAX(min_units, (units + per - 1) / per);
+    j->n_chunks = (units + j->chunk - 1) / j->chunk;
+    atomic_init(&j->next, 0);
+    mg_pool_run(pool, MG_MIN((int64_t)nt, j->n_chunks), 1, mm_task, j);
+}
+
 /* y[M, N] = x[M, K] . W[N, K]^T, parallel over output columns (weight rows). */
 void mg_matmul(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x, const void *w,
                int wtype, int64_t M, int64_t N, int64_t K, void *work) {
@@ -274,18 +315,31 @@ void mg_matmul(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x,
         j.a.xq_stride = mg_row_size(MG_TYPE_Q8_0, K);
         mg_pool_run(pool, M, 8, quant_task, &j);
     }
-    /* Units of `tile` columns, grouped in chunks of at least ~256 KiB of weights x rows (so a
-     * small matmul stays on one thread); M = 1 takes about MM_CHUNKS_PER_THREAD per thread. */
-    const int64_t units = (N + j.tile - 1) / j.tile;
-    const size_t unit_bytes = mg_row_size(wtype, K) * (size_t)j.tile * (size_t)M;
-    const int64_t min_units = (int64_t)MG_MAX((size_t)1, ((size_t)1 << 18) / MG_MAX(unit_bytes, (size_t)1));
-    const int nt = mg_pool_n_threads(pool);
-    const int64_t per = (int64_t)nt * (M == 1 ? MM_CHUNKS_PER_THREAD : 1);
-    j.chunk = nt == 1 ? units : MG_MAX(min_units, (units + per - 1) / per);
-    j.n_chunks = (units + j.chunk - 1) / j.chunk;
-    atomic_init(&j.next, 0);
-    mg_pool_run(pool, MG_MIN((int64_t)nt, j.n_chunks), 1, mm_task, &j);
+    mm_schedule(pool, &j);
     free(own);
+}
+
+/* y[M, N] = x[M, K] . W[N, K]^T for float weights with one fused multiply-add chain per output
+ * (kernels.h); other types, and a variant without wide kernels, go to mg_matmul. */
+void mg_matmul_wide(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x, const void *w,
+                    int wtype, int64_t M, int64_t N, int64_t K, void *work) {
+    if (M <= 0 || N <= 0) return;
+    mg_kernels_init();
+    mm_job j;
+    j.t = (o && o->use_ref) ? &ref_table : &sel_table;
+    j.a = (mg_mm_args){y, x, NULL, 0, w, wtype, M, N, K};
+    j.tile = 16; /* ranges need not start on a 64-column panel: a short one is masked */
+    switch (wtype) {
+    case MG_TYPE_F32: j.fn = j.t->mmw_f32; break;
+    case MG_TYPE_F16: j.fn = j.t->mmw_f16; break;
+    case MG_TYPE_BF16: j.fn = j.t->mmw_bf16; break;
+    default: j.fn = NULL; break;
+    }
+    if (!j.fn || K <= 0) {
+        mg_matmul(pool, o, y, x, w, wtype, M, N, K, work);
+        return;
+    }
+    mm_schedule(pool, &j);
 }
 
 /* Blocks of C for mg_gemm_acc: GEMM_MB rows (a multiple of the 6-row tile) x GEMM_NB columns. */

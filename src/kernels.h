@@ -32,6 +32,14 @@ size_t mg_matmul_work_size(int wtype, int64_t M, int64_t K);
 void mg_matmul(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x, const void *w,
                int wtype, int64_t M, int64_t N, int64_t K, void *work);
 
+/* The same product for many rows of float weights (F32, F16, BF16) at a higher FMA rate: each
+ * output is one fp32 fused multiply-add chain over k = 0 .. K-1 from 0, so its bits depend only on
+ * x, W and K (not on M, threads or tiling) but differ from mg_matmul's (whose M = 1 and M > 1 paths
+ * agree bit for bit; this one is for the image encoder, which has no one-row path). Other weight
+ * types, and kernel variants without it (AVX2), run mg_matmul. */
+void mg_matmul_wide(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x, const void *w,
+                    int wtype, int64_t M, int64_t N, int64_t K, void *work);
+
 /* Copies row `row` of a weight matrix [N, K] of type wtype into dst as fp32 (embedding lookup). */
 void mg_get_row_f32(const void *w, int wtype, int64_t K, int64_t row, float *dst);
 

@@ -731,8 +731,8 @@ static void vec_add(float *x, const float *y, int64_t n) {
  * rows i (bit k clear) and i' = i | 2^k become, for column j, (j bit k clear: r_i[j], set:
  * r_i'[j ^ 2^k]) and (clear: r_i[j | 2^k], set: r_i'[j]): one two-source permute each. Partial
  * tiles at the edges use masked loads (zeros) and masked stores. */
-static void transpose(float *dst, const float *src, int64_t R, int64_t C) {
-    __m512i lo[4], hi[4];
+/* The permute indices of the four stages (lo: rows i, hi: rows i | 2^k). */
+static void tr16_indices(__m512i lo[4], __m512i hi[4]) {
     for (int k = 0; k < 4; k++) {
         int32_t a[16], b[16];
         const int bk = 1 << k;
@@ -743,6 +743,23 @@ static void transpose(float *dst, const float *src, int64_t R, int64_t C) {
         lo[k] = _mm512_loadu_si512(a);
         hi[k] = _mm512_loadu_si512(b);
     }
+}
+
+static inline __attribute__((always_inline)) void tr16(__m512 v[16], const __m512i lo[4], const __m512i hi[4]) {
+    _Pragma("GCC unroll 4") for (int k = 3; k >= 0; k--) {
+        const int bk = 1 << k;
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) {
+            if (i & bk) continue;
+            const __m512 a = v[i], b = v[i | bk];
+            v[i] = _mm512_permutex2var_ps(a, lo[k], b);
+            v[i | bk] = _mm512_permutex2var_ps(a, hi[k], b);
+        }
+    }
+}
+
+static void transpose(float *dst, const float *src, int64_t R, int64_t C) {
+    __m512i lo[4], hi[4];
+    tr16_indices(lo, hi);
     for (int64_t r0 = 0; r0 < R; r0 += 16) {
         const int nr = (int)MG_MIN(16, R - r0);
         for (int64_t c0 = 0; c0 < C; c0 += 16) {
@@ -751,19 +768,111 @@ static void transpose(float *dst, const float *src, int64_t R, int64_t C) {
             __m512 v[16];
             for (int i = 0; i < 16; i++)
                 v[i] = i < nr ? _mm512_maskz_loadu_ps(mc, src + (r0 + i) * C + c0) : _mm512_setzero_ps();
-            for (int k = 3; k >= 0; k--) {
-                const int bk = 1 << k;
-                for (int i = 0; i < 16; i++) {
-                    if (i & bk) continue;
-                    const __m512 a = v[i], b = v[i | bk];
-                    v[i] = _mm512_permutex2var_ps(a, lo[k], b);
-                    v[i | bk] = _mm512_permutex2var_ps(a, hi[k], b);
-                }
-            }
+            tr16(v, lo, hi);
             for (int j = 0; j < nc; j++) _mm512_mask_storeu_ps(dst + (c0 + j) * R + r0, mr, v[j]);
         }
     }
 }
+
+/* ==== float weights, many rows: one fused multiply-add chain per output (mg_matmul_wide) ====
+ * A thread packs a panel of WNR weight rows x WKC k, converted to fp32 and transposed to k-major
+ * (p[k][0..WNR)), then every tile of up to WMR activation rows passes over it: per k, WNR / 16
+ * panel loads and WMR broadcasts of x for WMR * WNR / 16 FMAs, with no conversion and no final
+ * reduce in the loop. Each output is y = fma(x[k], w[k], y) for k = 0, 1, ..., K-1 from y = 0 (the
+ * accumulator goes through y between k panels unchanged), exactly the reference's chain: the bits
+ * depend on nothing but x, w and K. */
+#define WNR 64
+#define WKC 256
+#define WMR 6
+
+/* p[k][c] = W[n0 + c][k0 + k] as fp32 for c < nc, k < kc; zero for c in [nc, WNR). */
+#define WIDE_PACK(NAME, LOADW)                                                                     \
+    static void NAME(float *p, const char *w, size_t ldw, int nc, int64_t k0, int kc, const __m512i lo[4], \
+                     const __m512i hi[4]) {                                                        \
+        for (int g = 0; g < WNR / 16; g++) {                                                       \
+            const int rows = nc - g * 16;                                                          \
+            for (int kk = 0; kk < kc; kk += 16) {                                                  \
+                const __mmask16 mk = tail_mask(kc - kk);                                           \
+                __m512 v[16];                                                                      \
+                _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] =                       \
+                    i < rows ? LOADW(w + (size_t)(g * 16 + i) * ldw, k0 + kk, mk) : _mm512_setzero_ps(); \
+                tr16(v, lo, hi);                                                                   \
+                const int nk = MG_MIN(16, kc - kk);                                                \
+                for (int j = 0; j < nk; j++) _mm512_store_ps(p + (size_t)(kk + j) * WNR + g * 16, v[j]); \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+WIDE_PACK(wide_pack_f32, load_w_f32)
+WIDE_PACK(wide_pack_f16, load_w_f16)
+WIDE_PACK(wide_pack_bf16, load_w_bf16)
+
+/* A rows x B vectors of outputs over one packed panel; q: store masks of the B vectors. */
+static inline __attribute__((always_inline)) void wide_tile(float *y, int64_t ldy, const float *x, int64_t ldx,
+                                                            const float *p, int kc, bool first,
+                                                            const __mmask16 *q, int A, int B) {
+    __m512 acc[WMR][WNR / 16];
+    _Pragma("GCC unroll 8") for (int a = 0; a < WMR; a++) if (a < A)
+        _Pragma("GCC unroll 4") for (int b = 0; b < WNR / 16; b++) if (b < B) acc[a][b] =
+            first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(q[b], y + a * ldy + b * 16);
+    for (int k = 0; k < kc; k++) {
+        __m512 wv[WNR / 16];
+        _Pragma("GCC unroll 4") for (int b = 0; b < WNR / 16; b++) if (b < B) wv[b] =
+            _mm512_load_ps(p + (size_t)k * WNR + b * 16);
+        _Pragma("GCC unroll 8") for (int a = 0; a < WMR; a++) if (a < A) {
+            const __m512 xv = _mm512_set1_ps(x[a * ldx + k]);
+            _Pragma("GCC unroll 4") for (int b = 0; b < WNR / 16; b++) if (b < B) acc[a][b] =
+                _mm512_fmadd_ps(xv, wv[b], acc[a][b]);
+        }
+    }
+    _Pragma("GCC unroll 8") for (int a = 0; a < WMR; a++) if (a < A)
+        _Pragma("GCC unroll 4") for (int b = 0; b < WNR / 16; b++) if (b < B)
+            _mm512_mask_storeu_ps(y + a * ldy + b * 16, q[b], acc[a][b]);
+}
+
+#define WT_ROW(a)                                                                                  \
+    case a * 8 + 1: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 1); break;                       \
+    case a * 8 + 2: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 2); break;                       \
+    case a * 8 + 3: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 3); break;                       \
+    case a * 8 + 4: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 4); break;
+#if WMR != 6 || WNR != 64
+#error "wide_tile_any covers WMR = 6, WNR = 64"
+#endif
+static void wide_tile_any(float *y, int64_t ldy, const float *x, int64_t ldx, const float *p, int kc, bool first,
+                          const __mmask16 *q, int A, int B) {
+    switch (A * 8 + B) {
+    WT_ROW(1) WT_ROW(2) WT_ROW(3) WT_ROW(4) WT_ROW(5) WT_ROW(6)
+    default: break;
+    }
+}
+
+#define WIDE_MM(NAME, PACK)                                                                 \
+    static void NAME(const mg_mm_args *g, int64_t n0, int64_t n1) {                                \
+        float p[WKC * WNR] __attribute__((aligned(64)));                                           \
+        __m512i lo[4], hi[4];                                                                      \
+        tr16_indices(lo, hi);                                                                      \
+        const size_t ldw = mg_row_size(g->wtype, g->K);                                            \
+        const int64_t K = g->K, N = g->N;                                                          \
+        const char *w = g->w;                                                                      \
+        for (int64_t nb = n0; nb < n1; nb += WNR) {                                                \
+            const int nc = (int)MG_MIN((int64_t)WNR, n1 - nb);                                     \
+            const int B = (nc + 15) / 16;                                                          \
+            __mmask16 q[WNR / 16];                                                                 \
+            for (int b = 0; b < WNR / 16; b++) q[b] = nc > b * 16 ? tail_mask(nc - b * 16) : 0;    \
+            for (int64_t k0 = 0; k0 < K; k0 += WKC) {                                              \
+                const int kc = (int)MG_MIN((int64_t)WKC, K - k0);                                  \
+                PACK(p, w + (size_t)nb * ldw, ldw, nc, k0, kc, lo, hi);                            \
+                for (int64_t m = 0; m < g->M; m += WMR) {                                          \
+                    wide_tile_any(g->y + m * N + nb, N, g->x + m * K + k0, K, p, kc, k0 == 0, q,   \
+                                  (int)MG_MIN((int64_t)WMR, g->M - m), B);                         \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+WIDE_MM(mmw_f32, wide_pack_f32)
+WIDE_MM(mmw_f16, wide_pack_f16)
+WIDE_MM(mmw_bf16, wide_pack_bf16)
 
 /* ==== C += op(A) . B (the trainer's backward products) ==== */
 
@@ -838,6 +947,9 @@ bool mg_kernels_fill_avx512(mg_kernel_table *t) {
     t->gelu_bwd = gelu_bwd;
     t->vec_add = vec_add;
     t->gemm_acc = gemm_acc;
+    t->mmw_f32 = mmw_f32;
+    t->mmw_f16 = mmw_f16;
+    t->mmw_bf16 = mmw_bf16;
     return true;
 }
 

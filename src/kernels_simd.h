@@ -50,6 +50,10 @@ typedef struct {
     /* rows [m0, m1) x columns [n0, n1) of mg_gemm_acc's C, every k */
     void (*gemm_acc)(float *C, const float *A, const float *B, int64_t M, int64_t N, int64_t K, bool a_trans,
                      int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+    /* mg_matmul_wide for float weights: each output one fused multiply-add chain over k in
+     * ascending order from 0 (the reference's bits exactly); NULL where a variant has none
+     * (mg_matmul_wide then runs the variant's mg_matmul kernel) */
+    mg_mm_fn mmw_f32, mmw_f16, mmw_bf16;
 } mg_kernel_table;
 
 /* Fill t with the variant's functions; false when the build lacks the variant. */

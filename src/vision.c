@@ -451,13 +451,29 @@ float *vision_ws_buf_get(vision_ws *ws, vision_ws_buf b) { return ws->buf[b]; }
 
 /* ==== Shared compute helpers ==== */
 
-/* Matmul through the kernels, then the bias row by row. */
+typedef struct {
+    float *y;
+    const float *b;
+    int64_t ldy, n;
+} bias_ctx;
+
+static void bias_task(void *ctx, int64_t i0, int64_t i1, int ith) {
+    const bias_ctx *c = ctx;
+    for (int64_t i = i0; i < i1; i++) mg_vec_add(c->y + i * c->ldy, c->b, c->n);
+}
+
+/* (y + m * ldy)[0, N) += b for m < M, split across the pool by rows. */
+void vision_add_bias_rows(mg_pool *pool, float *y, int64_t ldy, const float *b, int64_t M, int64_t N) {
+    bias_ctx c = {y, b, ldy, N};
+    mg_pool_run(pool, M, MG_MAX((int64_t)1, 16384 / MG_MAX(N, (int64_t)1)), bias_task, &c);
+}
+
+/* Matmul through the kernels (the wide path: every caller has many rows), then the bias. */
 void vision_linear_fwd(const vision_linear *l, vision_ws *ws, mg_pool *pool, const mg_kernel_opts *o,
                        float *y, const float *x, int64_t M) {
     const int64_t N = l->w.n_out;
-    mg_matmul(pool, o, y, x, l->w.data, l->w.type, M, N, l->w.n_in, ws->mm_work);
-    if (l->b)
-        for (int64_t m = 0; m < M; m++) mg_vec_add(y + m * N, l->b, N);
+    mg_matmul_wide(pool, o, y, x, l->w.data, l->w.type, M, N, l->w.n_in, ws->mm_work);
+    if (l->b) vision_add_bias_rows(pool, y, N, l->b, M, N);
 }
 
 typedef struct {
@@ -502,7 +518,7 @@ static void softmax_task(void *ctx, int64_t i0, int64_t i1, int ith) {
 }
 
 /* One head at a time, so the scores of a head ([Tq, Tk], 4 MiB at 1025 tokens) stay the only
- * quadratic buffer; both products go through mg_matmul (threaded, SIMD) with the head's keys
+ * quadratic buffer; both products go through mg_matmul_wide (threaded, SIMD) with the head's keys
  * and transposed values repacked contiguous. */
 void vision_attention(vision_ws *ws, mg_pool *pool, const mg_kernel_opts *o, float *out, const float *q,
                       int64_t ldq, const float *k, int64_t ldk, const float *v, int64_t ldv, int64_t Tq,
@@ -517,10 +533,10 @@ void vision_attention(vision_ws *ws, mg_pool *pool, const mg_kernel_opts *o, flo
                 ws->att_k[t * d + j] = k[t * ldk + c0 + j];
                 ws->att_vt[j * Tk + t] = v[t * ldv + c0 + j];
             }
-        mg_matmul(pool, o, ws->att_s, ws->att_q, ws->att_k, MG_TYPE_F32, Tq, Tk, d, NULL);
+        mg_matmul_wide(pool, o, ws->att_s, ws->att_q, ws->att_k, MG_TYPE_F32, Tq, Tk, d, NULL);
         rows_ctx sc = {ws->att_s, Tk};
         mg_pool_run(pool, Tq, 8, softmax_task, &sc);
-        mg_matmul(pool, o, ws->att_o, ws->att_s, ws->att_vt, MG_TYPE_F32, Tq, d, Tk, NULL);
+        mg_matmul_wide(pool, o, ws->att_o, ws->att_s, ws->att_vt, MG_TYPE_F32, Tq, d, Tk, NULL);
         for (int64_t i = 0; i < Tq; i++) memcpy(out + i * ldo + c0, ws->att_o + i * d, (size_t)d * sizeof(float));
     }
 }

@@ -154,7 +154,9 @@ void vision_interp_pos_embed(const float *src, int gs, int gd, int c, float *dst
 
 /* ==== Shared by vit.c and qformer.c ==== */
 
-/* y [M, w.n_out] = x [M, w.n_in] . W^T (+ b when l->b). */
+/* (y + m * ldy)[0, N) += b for m < M, rows split across the pool. */
+void vision_add_bias_rows(mg_pool *pool, float *y, int64_t ldy, const float *b, int64_t M, int64_t N);
+/* y [M, w.n_out] = x [M, w.n_in] . W^T (+ b when l->b), through mg_matmul_wide. */
 void vision_linear_fwd(const vision_linear *l, vision_ws *ws, mg_pool *pool, const mg_kernel_opts *o,
                        float *y, const float *x, int64_t M);
 /* LayerNorm of each of M rows of n: out may alias x. */

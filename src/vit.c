@@ -50,10 +50,8 @@ void vision_vit_forward(const mg_vision *v, vision_ws *ws, mg_pool *pool, const 
         vision_layernorm_rows(pool, h, x, &b->ln1, T, E, v->ln_eps);
         vision_linear qkv = {b->qkv, NULL};
         vision_linear_fwd(&qkv, ws, pool, o, big, h, T);
-        for (int64_t t = 0; t < T; t++) {
-            mg_vec_add(big + t * 3 * E, b->q_bias, E);         /* k: no bias */
-            mg_vec_add(big + t * 3 * E + 2 * E, b->v_bias, E);
-        }
+        vision_add_bias_rows(pool, big, 3 * E, b->q_bias, T, E); /* k: no bias */
+        vision_add_bias_rows(pool, big + 2 * E, 3 * E, b->v_bias, T, E);
         /* q is scaled before q k^T, as eva_vit.py does */
         vision_attention(ws, pool, o, h, big, 3 * E, big + E, 3 * E, big + 2 * E, 3 * E, T, T, v->n_head,
                          v->head_dim, scale);

@@ -268,6 +268,97 @@ TEST(kernels_matmul_all_types_vs_double) {
                worst[which][2], worst[which][3], worst[which][4]);
 }
 
+/* mg_matmul_wide: every output is the fmaf chain over k from 0, computed here in the test. The
+ * AVX-512 panels (called directly, ranges cut off the 64-column panel grid) must give those bits
+ * exactly, the reference too, and through mg_matmul_wide the bits do not depend on the thread
+ * count or on M (row m alone = row m of the batch); within the matmul tolerance of the double
+ * product. A quantized type goes to mg_matmul unchanged. */
+TEST(kernels_matmul_wide) {
+    static const struct {
+        int64_t M, N, K;
+    } shapes[] = {{1, 1, 1}, {7, 65, 300}, {13, 130, 257}, {6, 64, 256}, {19, 129, 513}, {5, 3, 17},
+                  {2, 200, 16}, {12, 88, 257}, {9, 257, 88}};
+    const int types[] = {MG_TYPE_F32, MG_TYPE_F16, MG_TYPE_BF16};
+    bool have512;
+    mg_kernel_table t512 = table_for(2, &have512);
+    if (!have512) printf("    (no AVX-512 here: the reference and the dispatcher only)\n");
+    mg_kernel_opts ref = {true}, sel = {false};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (size_t ti = 0; ti < 3; ti++) {
+            const int type = types[ti];
+            const int64_t M = shapes[si].M, N = shapes[si].N, K = shapes[si].K;
+            mm_case c;
+            float *want = malloc((size_t)(M * N) * sizeof(float)), *y = malloc((size_t)(M * N) * sizeof(float));
+            float *wrow = malloc((size_t)K * sizeof(float));
+            if (!mm_case_make(&c, type, M, N, K, 77 + si * 3 + ti) || !want || !y || !wrow) {
+                CHECK_MSG(0, "out of memory");
+                mm_case_free(&c);
+                free(want), free(y), free(wrow);
+                return;
+            }
+            const size_t rs = mg_row_size(type, K);
+            for (int64_t n = 0; n < N; n++) {
+                mg_dequantize_row(type, (const char *)c.w + rs * (size_t)n, wrow, K);
+                for (int64_t m = 0; m < M; m++) {
+                    float v = 0.0f;
+                    for (int64_t k = 0; k < K; k++) v = fmaf(c.x[m * K + k], wrow[k], v);
+                    want[m * N + n] = v;
+                }
+            }
+            const char *tn = mg_type_name(type);
+            mg_matmul_wide(NULL, &ref, y, c.x, c.w, type, M, N, K, NULL);
+            CHECK_MSG(memcmp(y, want, (size_t)(M * N) * 4) == 0, "ref %s %lldx%lldx%lld", tn, (long long)M,
+                      (long long)N, (long long)K);
+            if (have512) {
+                memset(y, 0xff, (size_t)(M * N) * 4);
+                mg_mm_args a = {y, c.x, NULL, 0, c.w, type, M, N, K};
+                mg_mm_fn fn = type == MG_TYPE_F32 ? t512.mmw_f32 : type == MG_TYPE_F16 ? t512.mmw_f16 : t512.mmw_bf16;
+                const int64_t cut1 = N / 3, cut2 = N - N / 5;
+                fn(&a, 0, cut1);
+                fn(&a, cut1, cut2);
+                fn(&a, cut2, N);
+                CHECK_MSG(memcmp(y, want, (size_t)(M * N) * 4) == 0, "avx512 %s %lldx%lldx%lld", tn,
+                          (long long)M, (long long)N, (long long)K);
+            }
+            double max_rel = 0;
+            CHECK_EQ_INT(mm_compare(want, &c, M, N, K, &max_rel), 0);
+            /* the selected path through the dispatcher: threads and M do not change the bits */
+            float *y1 = malloc((size_t)(M * N) * sizeof(float));
+            for (int nt = 1; nt <= 3 && y1; nt++) {
+                mg_pool *p = NULL;
+                CHECK(mg_pool_create(&p, nt) == MG_OK);
+                mg_matmul_wide(p, &sel, nt == 1 ? y1 : y, c.x, c.w, type, M, N, K, NULL);
+                mg_pool_free(p);
+                if (nt > 1)
+                    CHECK_MSG(memcmp(y, y1, (size_t)(M * N) * 4) == 0, "%s: %d threads differ from 1", tn, nt);
+            }
+            int rows_differ = 0;
+            for (int64_t m = 0; m < M && y1; m++) {
+                mg_matmul_wide(NULL, &sel, y, c.x + m * K, c.w, type, 1, N, K, NULL);
+                rows_differ += memcmp(y, y1 + m * N, (size_t)N * 4) != 0;
+            }
+            CHECK_MSG(rows_differ == 0, "%s: %d rows differ alone", tn, rows_differ);
+            if (have512 && y1 && strcmp(mg_kernels_isa(), "avx512") == 0)
+                CHECK_MSG(memcmp(y1, want, (size_t)(M * N) * 4) == 0, "dispatched %s", tn);
+            free(y1);
+            free(want), free(y), free(wrow);
+            mm_case_free(&c);
+        }
+    /* a quantized type: mg_matmul's bits */
+    mm_case c;
+    const int64_t M = 5, N = 70, K = 64;
+    float *a = malloc(M * N * 4), *b = malloc(M * N * 4);
+    if (mm_case_make(&c, MG_TYPE_Q8_0, M, N, K, 5) && a && b) {
+        mg_matmul(NULL, &sel, a, c.x, c.w, MG_TYPE_Q8_0, M, N, K, NULL);
+        mg_matmul_wide(NULL, &sel, b, c.x, c.w, MG_TYPE_Q8_0, M, N, K, NULL);
+        CHECK(memcmp(a, b, M * N * 4) == 0);
+    } else {
+        CHECK_MSG(0, "out of memory");
+    }
+    mm_case_free(&c);
+    free(a), free(b);
+}
+
 /* Same output bits for 1, 2 and 3 threads, for the selected path and the reference; and the
  * M > 1 path gives each row the same bits as a separate M = 1 call (M = 19 takes the
  * many-rows paths of any variant, with a short last row tile). */
