@@ -193,7 +193,7 @@ mg_status mg_vl_encode_stages(const mg_model *m, const float *pixels, float *vit
     if (!m || !pixels) return mg_err(err, err_len, MG_ERR_INVALID_ARG, "encode: NULL argument");
     if (!m->vision) return mg_err(err, err_len, MG_ERR_INVALID_ARG, "the model has no vision tower");
     vision_ws *ws;
-    mg_status st = vision_ws_create(&ws, m->vision, err, err_len);
+    mg_status st = vision_ws_create(&ws, m->vision, mg_pool_n_threads(m->pool), err, err_len);
     if (st != MG_OK) return st;
     encode_locked(m, ws, pixels, vit_out, qformer_out, tokens);
     vision_ws_free(ws);
@@ -216,7 +216,7 @@ mg_status mg_vl_create(mg_vl **out, const mg_model *m, const mg_session_params *
     mg_status st = mg_session_create(&vl->s, m, sp, err, err_len);
     if (st == MG_OK && (st = mg_chat_create(&vl->chat, mg_model_chat_template(m))) != MG_OK)
         mg_err(err, err_len, st, "cannot create the conversation");
-    if (st == MG_OK) st = vision_ws_create(&vl->ws, vl->v, err, err_len);
+    if (st == MG_OK) st = vision_ws_create(&vl->ws, vl->v, mg_pool_n_threads(m->pool), err, err_len);
     if (st == MG_OK) {
         size_t S = (size_t)vl->v->image_size;
         vl->pixels = malloc(3 * S * S * sizeof(float));

@@ -15,14 +15,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Query rows per attention work item (a multiple of the 6-row matmul tile). */
+#define ATT_RB 48
+
 struct vision_ws {
     float *base;               /* one allocation holding everything below */
     float *buf[VWS_COUNT];     /* see vision_ws_buf */
-    float *att_q;              /* [max_rows, max_head_dim]   one head's queries (scaled) */
-    float *att_k;              /* [max_rows, max_head_dim]   one head's keys */
-    float *att_vt;             /* [max_head_dim, max_rows]   one head's values, transposed */
-    float *att_s;              /* [max_rows, max_rows]       scores / probabilities */
-    float *att_o;              /* [max_rows, max_head_dim]   one head's output */
+    float *att_k;              /* [max_heads, max_rows, max_head_dim]  every head's keys */
+    float *att_vt;             /* [max_heads, max_head_dim, max_rows]  every head's values, transposed */
+    float *att_scr;            /* att_slots x [ATT_RB x (2 max_head_dim + max_rows)]  per-thread queries,
+                                  scores and output of a block of query rows */
+    int att_slots;             /* threads the workspace was made for */
+    int64_t att_slot_floats;
     void *mm_work;             /* quantized activations for mg_matmul */
 };
 
@@ -374,8 +378,9 @@ static void mat_work(const vision_mat *m, int64_t M, size_t *mx) {
 
 /* Sizes every scratch buffer from the model (rows = max(tokens, queries)) and allocates them
  * in one block together with the quantized-activation buffer of the largest matmul. */
-mg_status vision_ws_create(vision_ws **out, const mg_vision *v, char *err, size_t err_len) {
+mg_status vision_ws_create(vision_ws **out, const mg_vision *v, int n_threads, char *err, size_t err_len) {
     if (!out || !v) return mg_err(err, err_len, MG_ERR_INVALID_ARG, "vision_ws_create: NULL argument");
+    if (n_threads < 1) n_threads = 1;
     *out = NULL;
     const int64_t T = v->n_tok, E = v->n_embd, P = v->patch_size;
     const bool qf = v->proj_type == VISION_PROJ_QFORMER;
@@ -384,12 +389,14 @@ mg_status vision_ws_create(vision_ws **out, const mg_vision *v, char *err, size_
     int64_t big = MG_MAX(MG_MAX(3 * E, (int64_t)v->n_ff), 3 * P * P);
     if (qf) big = MG_MAX(big, MG_MAX((int64_t)v->qf_n_ff, (int64_t)v->qf_n_embd));
     int64_t hd = MG_MAX((int64_t)v->head_dim, qf ? (int64_t)(v->qf_n_embd / v->qf_n_head) : 0);
+    int64_t heads = MG_MAX((int64_t)v->n_head, qf ? (int64_t)v->qf_n_head : 0);
     int64_t kv = qf ? 2 * rows * v->qf_n_embd : 0;
+    const int64_t slot = (((int64_t)ATT_RB * (2 * hd + rows)) + 15) & ~(int64_t)15;
 
     /* float counts of each part, every one rounded up to 16 floats (64 bytes) */
-    int64_t n[VWS_COUNT + 5] = {rows * width, rows * width, rows * big, kv, T * E,
+    int64_t n[VWS_COUNT + 3] = {rows * width, rows * width, rows * big, kv, T * E,
                                 qf ? (int64_t)v->qf_n_query * v->qf_n_embd : 0,
-                                rows * hd, rows * hd, hd * rows, rows * rows, rows * hd};
+                                heads * rows * hd, heads * hd * rows, (int64_t)n_threads * slot};
     size_t total = 0;
     for (size_t i = 0; i < MG_ARRAY_LEN(n); i++) {
         size_t part = ((size_t)n[i] + 15) & ~(size_t)15;
@@ -428,8 +435,10 @@ mg_status vision_ws_create(vision_ws **out, const mg_vision *v, char *err, size_
         return mg_err(err, err_len, MG_ERR_NOMEM, "vision: no memory for a %zu MiB workspace", all >> 20);
     }
     float *p = ws->base;
-    float **dst[VWS_COUNT + 5] = {&ws->buf[VWS_X], &ws->buf[VWS_H], &ws->buf[VWS_BIG], &ws->buf[VWS_KV],
-                                  &ws->buf[VWS_IMG], &ws->buf[VWS_QF], &ws->att_q, &ws->att_k, &ws->att_vt, &ws->att_s, &ws->att_o};
+    float **dst[VWS_COUNT + 3] = {&ws->buf[VWS_X], &ws->buf[VWS_H], &ws->buf[VWS_BIG], &ws->buf[VWS_KV],
+                                  &ws->buf[VWS_IMG], &ws->buf[VWS_QF], &ws->att_k, &ws->att_vt, &ws->att_scr};
+    ws->att_slots = n_threads;
+    ws->att_slot_floats = slot;
     for (size_t i = 0; i < MG_ARRAY_LEN(n); i++) {
         *dst[i] = p;
         p += ((size_t)n[i] + 15) & ~(size_t)15;
@@ -454,18 +463,27 @@ float *vision_ws_buf_get(vision_ws *ws, vision_ws_buf b) { return ws->buf[b]; }
 typedef struct {
     float *y;
     const float *b;
-    int64_t ldy, n;
-} bias_ctx;
+    int64_t ldy, ldb, n;
+} add_ctx;
 
-static void bias_task(void *ctx, int64_t i0, int64_t i1, int ith) {
-    const bias_ctx *c = ctx;
-    for (int64_t i = i0; i < i1; i++) mg_vec_add(c->y + i * c->ldy, c->b, c->n);
+static void add_task(void *ctx, int64_t i0, int64_t i1, int ith) {
+    const add_ctx *c = ctx;
+    for (int64_t i = i0; i < i1; i++) mg_vec_add(c->y + i * c->ldy, c->b + i * c->ldb, c->n);
+}
+
+static void add_rows(mg_pool *pool, float *y, int64_t ldy, const float *b, int64_t ldb, int64_t M, int64_t N) {
+    add_ctx c = {y, b, ldy, ldb, N};
+    mg_pool_run(pool, M, MG_MAX((int64_t)1, 16384 / MG_MAX(N, (int64_t)1)), add_task, &c);
 }
 
 /* (y + m * ldy)[0, N) += b for m < M, split across the pool by rows. */
 void vision_add_bias_rows(mg_pool *pool, float *y, int64_t ldy, const float *b, int64_t M, int64_t N) {
-    bias_ctx c = {y, b, ldy, N};
-    mg_pool_run(pool, M, MG_MAX((int64_t)1, 16384 / MG_MAX(N, (int64_t)1)), bias_task, &c);
+    add_rows(pool, y, ldy, b, 0, M, N);
+}
+
+/* x[M, N] += y[M, N] (contiguous rows), split across the pool by rows. */
+void vision_add_rows(mg_pool *pool, float *x, const float *y, int64_t M, int64_t N) {
+    add_rows(pool, x, N, y, N, M, N);
 }
 
 /* Matmul through the kernels (the wide path: every caller has many rows), then the bias. */
@@ -512,33 +530,60 @@ void vision_gelu_rows(mg_pool *pool, float *x, int64_t M, int64_t n) {
     mg_pool_run(pool, M, 8, gelu_task, &c);
 }
 
-static void softmax_task(void *ctx, int64_t i0, int64_t i1, int ith) {
-    const rows_ctx *c = ctx;
-    for (int64_t i = i0; i < i1; i++) mg_softmax_simd(c->x + i * c->n, c->n);
+typedef struct {
+    const vision_ws *ws;
+    const mg_kernel_opts *o;
+    float *out;
+    const float *q, *k, *v;
+    int64_t ldq, ldk, ldv, ldo, Tq, Tk, n_rb;
+    int d;
+    float scale;
+} att_ctx;
+
+/* Heads [h0, h1): keys and transposed values of each head, contiguous. */
+static void att_pack_task(void *ctx, int64_t h0, int64_t h1, int ith) {
+    const att_ctx *c = ctx;
+    const int d = c->d;
+    for (int64_t h = h0; h < h1; h++) {
+        float *kh = c->ws->att_k + h * c->Tk * d, *vh = c->ws->att_vt + h * c->Tk * d;
+        for (int64_t t = 0; t < c->Tk; t++)
+            for (int j = 0; j < d; j++) {
+                kh[t * d + j] = c->k[t * c->ldk + h * d + j];
+                vh[j * c->Tk + t] = c->v[t * c->ldv + h * d + j];
+            }
+    }
 }
 
-/* One head at a time, so the scores of a head ([Tq, Tk], 4 MiB at 1025 tokens) stay the only
- * quadratic buffer; both products go through mg_matmul_wide (threaded, SIMD) with the head's keys
- * and transposed values repacked contiguous. */
+/* Items [i0, i1) = (head, block of ATT_RB query rows), head-major: scaled queries, scores,
+ * softmax and output of the block in this thread's slot. */
+static void att_rows_task(void *ctx, int64_t i0, int64_t i1, int ith) {
+    const att_ctx *c = ctx;
+    const int d = c->d;
+    float *qb = c->ws->att_scr + (int64_t)ith * c->ws->att_slot_floats, *ob = qb + ATT_RB * d, *sb = ob + ATT_RB * d;
+    for (int64_t it = i0; it < i1; it++) {
+        const int64_t h = it / c->n_rb, r0 = it % c->n_rb * ATT_RB, nr = MG_MIN((int64_t)ATT_RB, c->Tq - r0);
+        for (int64_t i = 0; i < nr; i++)
+            for (int j = 0; j < d; j++) qb[i * d + j] = c->q[(r0 + i) * c->ldq + h * d + j] * c->scale;
+        mg_matmul_wide(NULL, c->o, sb, qb, c->ws->att_k + h * c->Tk * d, MG_TYPE_F32, nr, c->Tk, d, NULL);
+        for (int64_t i = 0; i < nr; i++) mg_softmax_simd(sb + i * c->Tk, c->Tk);
+        mg_matmul_wide(NULL, c->o, ob, sb, c->ws->att_vt + h * c->Tk * d, MG_TYPE_F32, nr, d, c->Tk, NULL);
+        for (int64_t i = 0; i < nr; i++)
+            memcpy(c->out + (r0 + i) * c->ldo + h * d, ob + i * d, (size_t)d * sizeof(float));
+    }
+}
+
+/* Unmasked multi-head attention. The keys and transposed values of every head are repacked
+ * contiguous (threads over heads), then the threads take (head, block of query rows) items, each
+ * with its scores in the thread's slot of the workspace (ATT_RB rows: no [Tq, Tk] buffer). Both
+ * products are mg_matmul_wide chains, so the bits do not depend on the thread count. */
 void vision_attention(vision_ws *ws, mg_pool *pool, const mg_kernel_opts *o, float *out, const float *q,
                       int64_t ldq, const float *k, int64_t ldk, const float *v, int64_t ldv, int64_t Tq,
                       int64_t Tk, int n_head, int d, float scale) {
-    const int64_t ldo = (int64_t)n_head * d;
-    for (int h = 0; h < n_head; h++) {
-        const int64_t c0 = (int64_t)h * d;
-        for (int64_t i = 0; i < Tq; i++)
-            for (int j = 0; j < d; j++) ws->att_q[i * d + j] = q[i * ldq + c0 + j] * scale;
-        for (int64_t t = 0; t < Tk; t++)
-            for (int j = 0; j < d; j++) {
-                ws->att_k[t * d + j] = k[t * ldk + c0 + j];
-                ws->att_vt[j * Tk + t] = v[t * ldv + c0 + j];
-            }
-        mg_matmul_wide(pool, o, ws->att_s, ws->att_q, ws->att_k, MG_TYPE_F32, Tq, Tk, d, NULL);
-        rows_ctx sc = {ws->att_s, Tk};
-        mg_pool_run(pool, Tq, 8, softmax_task, &sc);
-        mg_matmul_wide(pool, o, ws->att_o, ws->att_s, ws->att_vt, MG_TYPE_F32, Tq, d, Tk, NULL);
-        for (int64_t i = 0; i < Tq; i++) memcpy(out + i * ldo + c0, ws->att_o + i * d, (size_t)d * sizeof(float));
-    }
+    att_ctx c = {ws, o, out, q, k, v, ldq, ldk, ldv, (int64_t)n_head * d, Tq, Tk, (Tq + ATT_RB - 1) / ATT_RB, d, scale};
+    mg_pool_run(pool, n_head, 1, att_pack_task, &c);
+    /* at most att_slots parts: one slot of scratch each */
+    const int64_t items = n_head * c.n_rb;
+    mg_pool_run(pool, items, (items + ws->att_slots - 1) / ws->att_slots, att_rows_task, &c);
 }
 
 /* ==== Projection and the whole pipeline ==== */
@@ -575,7 +620,7 @@ mg_status vision_encode(const mg_vision *v, mg_pool *pool, const mg_kernel_opts 
                         float *out, char *err, size_t err_len) {
     if (!v || !img || !out) return mg_err(err, err_len, MG_ERR_INVALID_ARG, "vision_encode: NULL argument");
     vision_ws *ws;
-    mg_status st = vision_ws_create(&ws, v, err, err_len);
+    mg_status st = vision_ws_create(&ws, v, mg_pool_n_threads(pool), err, err_len);
     if (st != MG_OK) return st;
     st = vision_encode_ws(v, ws, pool, o, img, out);
     vision_ws_free(ws);

@@ -122,8 +122,9 @@ mg_status vision_load(mg_vision **out, const gguf_file *f, char *err, size_t err
 /* Frees a model from vision_load (NULL allowed). */
 void vision_free(mg_vision *v);
 
-/* Creates a workspace for v (all scratch of an encode in one allocation). */
-mg_status vision_ws_create(vision_ws **out, const mg_vision *v, char *err, size_t err_len);
+/* Creates a workspace for v (all scratch of an encode in one allocation) for pools of up to
+ * n_threads threads (a pool with more threads uses n_threads of them in the attention). */
+mg_status vision_ws_create(vision_ws **out, const mg_vision *v, int n_threads, char *err, size_t err_len);
 void vision_ws_free(vision_ws *ws);
 
 /* Full pipeline: img [3, S, S] -> out [v->n_out, v->n_llm]. Allocates a workspace for the call. */
@@ -156,6 +157,8 @@ void vision_interp_pos_embed(const float *src, int gs, int gd, int c, float *dst
 
 /* (y + m * ldy)[0, N) += b for m < M, rows split across the pool. */
 void vision_add_bias_rows(mg_pool *pool, float *y, int64_t ldy, const float *b, int64_t M, int64_t N);
+/* x[M, N] += y[M, N] (contiguous rows), rows split across the pool. */
+void vision_add_rows(mg_pool *pool, float *x, const float *y, int64_t M, int64_t N);
 /* y [M, w.n_out] = x [M, w.n_in] . W^T (+ b when l->b), through mg_matmul_wide. */
 void vision_linear_fwd(const vision_linear *l, vision_ws *ws, mg_pool *pool, const mg_kernel_opts *o,
                        float *y, const float *x, int64_t M);
@@ -165,7 +168,7 @@ void vision_layernorm_rows(mg_pool *pool, float *out, const float *x, const visi
 /* GELU (erf) over M rows of n, in place. */
 void vision_gelu_rows(mg_pool *pool, float *x, int64_t M, int64_t n);
 /* Multi-head attention without mask: q [Tq, ldq], k [Tk, ldk], v [Tk, ldv], head h at column h*d.
- * out [Tq, n_head*d] = softmax(scale * q k^T) v per head. */
+ * out [Tq, n_head*d] = softmax(scale * q k^T) v per head (out must not overlap q, k or v). */
 void vision_attention(vision_ws *ws, mg_pool *pool, const mg_kernel_opts *o, float *out, const float *q,
                       int64_t ldq, const float *k, int64_t ldk, const float *v, int64_t ldv, int64_t Tq,
                       int64_t Tk, int n_head, int d, float scale);

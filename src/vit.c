@@ -56,14 +56,14 @@ void vision_vit_forward(const mg_vision *v, vision_ws *ws, mg_pool *pool, const 
         vision_attention(ws, pool, o, h, big, 3 * E, big + E, 3 * E, big + 2 * E, 3 * E, T, T, v->n_head,
                          v->head_dim, scale);
         vision_linear_fwd(&b->attn_out, ws, pool, o, big, h, T);
-        mg_vec_add(x, big, T * E);
+        vision_add_rows(pool, x, big, T, E);
 
         /* MLP: x += fc2(GELU(fc1(LN2(x)))) */
         vision_layernorm_rows(pool, h, x, &b->ln2, T, E, v->ln_eps);
         vision_linear_fwd(&b->ffn_up, ws, pool, o, big, h, T);
         vision_gelu_rows(pool, big, T, F);
         vision_linear_fwd(&b->ffn_down, ws, pool, o, h, big, T);
-        mg_vec_add(x, h, T * E);
+        vision_add_rows(pool, x, h, T, E);
     }
 
     /* ln_vision (eps 1e-5, not the blocks' 1e-6), CLS included */

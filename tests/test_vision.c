@@ -81,7 +81,7 @@ static bool open_model(vis_fixture *fx, const char *file) {
     st = vision_load(&fx->v, fx->gf, err, sizeof err);
     CHECK_MSG(st == MG_OK, "vision_load: %s", err);
     if (st != MG_OK) return false;
-    st = vision_ws_create(&fx->ws, fx->v, err, sizeof err);
+    st = vision_ws_create(&fx->ws, fx->v, 2, err, sizeof err);
     CHECK_MSG(st == MG_OK, "vision_ws_create: %s", err);
     if (st != MG_OK) return false;
     st = mg_pool_create(&fx->pool, 2);
@@ -243,6 +243,20 @@ TEST(vision_minigptv2_merge4) {
         memset(got, 0, (size_t)n_out * sizeof(float));
         CHECK(vision_encode_ws(v, fx.ws, fx.pool, &o, img, got) == MG_OK);
         check_close("encode end to end", got, ref_out, n_out, 1e-4);
+        /* the same bits with no pool (one attention slot) and with 3 threads: every product is a
+         * fixed fma chain and every row op is per row, whatever the split */
+        float *again = malloc((size_t)n_out * sizeof(float));
+        char err[256];
+        for (int nt = 0; again && nt <= 3; nt += 3) {
+            mg_pool *p = NULL;
+            if (nt) CHECK(mg_pool_create(&p, nt) == MG_OK);
+            memset(again, 0, (size_t)n_out * sizeof(float));
+            CHECK_MSG(vision_encode(v, p, &o, img, again, err, sizeof err) == MG_OK, "%s", err);
+            CHECK_MSG(memcmp(again, got, (size_t)n_out * sizeof(float)) == 0, "%d threads: other bits than 2",
+                      nt ? nt : 1);
+            mg_pool_free(p);
+        }
+        free(again);
     }
     close_model(&fx);
 
