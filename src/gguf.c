@@ -407,6 +407,13 @@ mg_status gguf_open(gguf_file **out, const char *path, char *err, size_t err_len
     void *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
     close(fd);
+#ifdef MADV_HUGEPAGE
+    /* Ask for transparent huge pages on the mapping: when the file is not cached yet, the kernel
+     * then reads it into 2 MiB page-cache folios (physically contiguous), and the weights stream
+     * faster from them: the ViT-g 224 encode took 1.73 s instead of 2.15 s (docs/PERFORMANCE.md).
+     * Only a hint: the file stays shared with the page cache, and a failure changes nothing. */
+    if (p != MAP_FAILED) (void)madvise(p, size, MADV_HUGEPAGE);
+#endif
     if (p == MAP_FAILED) return mg_err(err, err_len, MG_ERR_IO, "cannot map '%s': %s", path, strerror(e));
     gguf_file *f = calloc(1, sizeof *f);
     if (!f) {

@@ -703,3 +703,42 @@ TEST(gguf_info_cli) {
     CHECK_EQ_INT(test_run("'%s' info --bogus x 2>/dev/null", bin), 2);
     CHECK_EQ_INT(test_run("'%s' info --help >/dev/null", bin), 0);
 }
+
+/* The model mapping carries the transparent-huge-page hint (MADV_HUGEPAGE: "hg" in the VmFlags of
+ * its /proc/self/smaps entry), so that a file read for the first time lands in 2 MiB page-cache
+ * folios (docs/PERFORMANCE.md, image encoding). */
+TEST(gguf_mapping_asks_for_huge_pages) {
+    if (access("/sys/kernel/mm/transparent_hugepage/enabled", F_OK) != 0) SKIP("no transparent huge pages here");
+    char path[4200], err[256] = "";
+    snprintf(path, sizeof path, "%s/gguf_hugepage.gguf", test_data_dir());
+    gguf_writer *w = gguf_writer_create();
+    CHECK(w != NULL);
+    if (!w) return;
+    static float data[1 << 16];
+    int64_t ne[1] = {1 << 16};
+    CHECK(gguf_writer_add_tensor(w, "t", MG_TYPE_F32, 1, ne, data) == MG_OK);
+    CHECK(gguf_writer_write_file(w, path, err, sizeof err) == MG_OK);
+    gguf_writer_free(w);
+    gguf_file *f = NULL;
+    CHECK_MSG(gguf_open(&f, path, err, sizeof err) == MG_OK, "%s", err);
+    const gguf_tensor *t = f ? gguf_find_tensor(f, "t") : NULL;
+    CHECK(t != NULL);
+    FILE *sm = fopen("/proc/self/smaps", "r");
+    CHECK(sm != NULL);
+    bool inside = false, found = false, hinted = false;
+    char line[512];
+    while (t && sm && fgets(line, sizeof line, sm)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+            inside = (uintptr_t)t->data >= lo && (uintptr_t)t->data < hi;
+            found |= inside;
+        } else if (inside && strncmp(line, "VmFlags:", 8) == 0) {
+            hinted = strstr(line, " hg") != NULL;
+        }
+    }
+    if (sm) fclose(sm);
+    CHECK_MSG(found, "the mapping of %s is not in /proc/self/smaps", path);
+    CHECK_MSG(hinted, "the mapping has no MADV_HUGEPAGE hint");
+    gguf_close(f);
+    remove(path);
+}
