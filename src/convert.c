@@ -774,8 +774,7 @@ static mg_status write_all(cctx *c, const char *out_path) {
     }
     if (fflush(fp) != 0) st = mg_err(c->err, c->err_len, MG_ERR_IO, "cannot write %s: %s", out_path, strerror(errno));
 done:
-    if (fp && fclose(fp) != 0 && st == MG_OK)
-        st = mg_err(c->err, c->err_len, MG_ERR_IO, "cannot write %s: %s", out_path, strerror(errno));
+    st = gguf_file_close_written(fp, out_path, st, c->err, c->err_len);
     if (fp && st != MG_OK) remove(out_path);
     free(buf);
     free(tmp);

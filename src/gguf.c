@@ -1094,9 +1094,22 @@ mg_status gguf_writer_write_file(gguf_writer *w, const char *path, char *err, si
     mg_status st = gguf_writer_write_header(w, fp, err, err_len);
     for (int64_t i = 0; st == MG_OK && i < w->n_tensors; i++)
         st = gguf_writer_write_tensor_data(w, fp, i, w->tensors[i].data, err, err_len);
-    if (fclose(fp) != 0 && st == MG_OK)
-        st = mg_err(err, err_len, MG_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
+    st = gguf_file_close_written(fp, path, st, err, err_len);
     w->next_tensor = -1;
     if (st != MG_OK) remove(path);
+    return st;
+}
+
+mg_status gguf_file_close_written(void *fpv, const char *path, mg_status st, char *err, size_t err_len) {
+    FILE *fp = fpv;
+    if (!fp) return st;
+    if (st == MG_OK) {
+        if (fflush(fp) != 0 || fdatasync(fileno(fp)) != 0)
+            st = mg_err(err, err_len, MG_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
+        else
+            (void)posix_fadvise(fileno(fp), 0, 0, POSIX_FADV_DONTNEED); /* a hint: clean pages only */
+    }
+    if (fclose(fp) != 0 && st == MG_OK)
+        st = mg_err(err, err_len, MG_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
     return st;
 }

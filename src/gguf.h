@@ -133,6 +133,11 @@ mg_status gguf_writer_copy_kv(gguf_writer *w, const gguf_file *src);
 mg_status gguf_writer_add_tensor(gguf_writer *w, const char *name, int type, int n_dims, const int64_t *ne, const void *data);
 mg_status gguf_writer_write_file(gguf_writer *w, const char *path, char *err, size_t err_len);
 mg_status gguf_writer_write_header(gguf_writer *w, void *fp /* FILE* */, char *err, size_t err_len);
+/* Closes a GGUF file written through fp. When st is MG_OK it first flushes the data to disk and
+ * drops the file's pages from the page cache, so that the first mapping reads it back into 2 MiB
+ * folios (gguf_open asks for them; docs/PERFORMANCE.md: a model written and then run straight
+ * from 4 KiB cache pages decoded at half speed). Returns st, or MG_ERR_IO if writing failed. */
+mg_status gguf_file_close_written(void *fp /* FILE* */, const char *path, mg_status st, char *err, size_t err_len);
 mg_status gguf_writer_write_tensor_data(gguf_writer *w, void *fp, int64_t i, const void *data, char *err, size_t err_len);
 
 #endif

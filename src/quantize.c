@@ -244,8 +244,7 @@ mg_status conv_quantize_file(const char *in_path, const char *out_path, const co
     if (fflush(fp) != 0) st = mg_err(err, err_len, MG_ERR_IO, "cannot write %s: %s", out_path, strerror(errno));
 
 done:
-    if (fp && fclose(fp) != 0 && st == MG_OK)
-        st = mg_err(err, err_len, MG_ERR_IO, "cannot write %s: %s", out_path, strerror(errno));
+    st = gguf_file_close_written(fp, out_path, st, err, err_len);
     if (st != MG_OK && created) remove(out_path);
     free(obuf);
     free(scratch);

@@ -497,8 +497,7 @@ mg_status synth_write_gguf_opts(const synth_preset *p, const synth_opts *o, cons
         if ((st = gguf_writer_write_tensor_data(w, fp, i, buf, err, err_len)) != MG_OK) goto done;
     }
 done:
-    if (fp && fclose(fp) != 0 && st == MG_OK)
-        st = mg_err(err, err_len, MG_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+    st = gguf_file_close_written(fp, path, st, err, err_len);
     if (fp && st != MG_OK) remove(path);
     mg_pool_free(pool);
     for (int i = 0; scratch && i < n_threads; i++) mg_free_aligned(scratch[i]);

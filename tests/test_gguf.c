@@ -13,6 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
 
 /* ==== Helpers ==== */
 
@@ -740,5 +744,42 @@ TEST(gguf_mapping_asks_for_huge_pages) {
     CHECK_MSG(found, "the mapping of %s is not in /proc/self/smaps", path);
     CHECK_MSG(hinted, "the mapping has no MADV_HUGEPAGE hint");
     gguf_close(f);
+    remove(path);
+}
+
+/* A written GGUF file leaves the page cache (gguf_file_close_written: flushed to disk, then
+ * POSIX_FADV_DONTNEED), so that its first mapping reads it back into large folios. mincore() on a
+ * fresh mapping, before anything touches it, counts the pages still cached. */
+TEST(gguf_written_file_leaves_the_page_cache) {
+    char path[4200], err[256] = "";
+    snprintf(path, sizeof path, "%s/gguf_written.gguf", test_data_dir());
+    struct statfs sf;
+    if (statfs(test_data_dir(), &sf) == 0 && sf.f_type == 0x01021994 /* TMPFS_MAGIC */)
+        SKIP("the test directory is on tmpfs, where the file is its cache");
+    gguf_writer *w = gguf_writer_create();
+    CHECK(w != NULL);
+    if (!w) return;
+    static float data[1 << 20]; /* 4 MiB */
+    for (size_t i = 0; i < MG_ARRAY_LEN(data); i++) data[i] = (float)i;
+    int64_t ne[1] = {1 << 20};
+    CHECK(gguf_writer_add_tensor(w, "t", MG_TYPE_F32, 1, ne, data) == MG_OK);
+    CHECK_MSG(gguf_writer_write_file(w, path, err, sizeof err) == MG_OK, "%s", err);
+    gguf_writer_free(w);
+    int fd = open(path, O_RDONLY);
+    CHECK(fd >= 0);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0) return;
+    const size_t pg = (size_t)sysconf(_SC_PAGESIZE), n = ((size_t)sb.st_size + pg - 1) / pg;
+    void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    unsigned char *vec = malloc(n);
+    CHECK(m != MAP_FAILED && vec);
+    size_t resident = 0;
+    if (m != MAP_FAILED && vec && mincore(m, (size_t)sb.st_size, vec) == 0)
+        for (size_t i = 0; i < n; i++) resident += vec[i] & 1;
+    printf("    %zu of %zu pages still cached after writing\n", resident, n);
+    CHECK_MSG(resident * 10 <= n, "%zu of %zu pages of the written file are still in the page cache", resident, n);
+    if (m != MAP_FAILED) munmap(m, (size_t)sb.st_size);
+    free(vec);
+    close(fd);
     remove(path);
 }
