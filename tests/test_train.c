@@ -790,17 +790,26 @@ static double heads_fd(tr_model *m, tr_example *ex, const char *const *names, si
     return worst;
 }
 
+/* A one-thread model of config c (init seed `seed`) with every parameter moved by up to 0.05
+ * (from the generator *s, which the caller goes on using), so that no gradient is trivially 0. */
+static tr_model *perturbed_model(const tr_config *c, uint64_t seed, uint64_t *s) {
+    tr_model *m = NULL;
+    char err[256];
+    CHECK_MSG(tr_model_create(&m, c, seed, 1, err, sizeof err) == MG_OK, "%s", err);
+    if (m)
+        for (int64_t i = 0; i < m->n_params; i++) m->params[i] += 0.05f * test_rng_float(s);
+    return m;
+}
+
 /* The auxiliary patch head: loss = text CE + w * patch CE; every gradient it touches (head,
  * ln_vision, the tower, the patch embedding) against central differences of that objective. */
 TEST(train_aux_head_fd) {
     tr_config c = tr_config_tiny();
     c.aux_classes = 7;
-    tr_model *m = NULL;
-    char err[256];
-    CHECK(tr_model_create(&m, &c, 31, 1, err, sizeof err) == MG_OK);
-    if (!m) return;
     uint64_t s = 77;
-    for (int64_t i = 0; i < m->n_params; i++) m->params[i] += 0.05f * test_rng_float(&s);
+    char err[256];
+    tr_model *m = perturbed_model(&c, 31, &s);
+    if (!m) return;
     static example_buf b;
     make_example(&b, 5);
     int32_t labels[16];
@@ -843,12 +852,10 @@ TEST(train_aux_head_fd) {
 TEST(train_aux_only_step) {
     tr_config c = tr_config_tiny();
     c.aux_classes = 7;
-    tr_model *m = NULL;
-    char err[256];
-    CHECK(tr_model_create(&m, &c, 32, 1, err, sizeof err) == MG_OK);
-    if (!m) return;
     uint64_t s = 78;
-    for (int64_t i = 0; i < m->n_params; i++) m->params[i] += 0.05f * test_rng_float(&s);
+    char err[256];
+    tr_model *m = perturbed_model(&c, 32, &s);
+    if (!m) return;
     static example_buf b;
     make_example(&b, 6);
     int32_t labels[16];
@@ -927,12 +934,10 @@ TEST(train_mask_head_fd) {
     tr_config c = tr_config_tiny();
     c.aux_classes = 7;
     c.aux_mask = c.patch_size * c.patch_size;
-    tr_model *m = NULL;
-    char err[256];
-    CHECK(tr_model_create(&m, &c, 37, 1, err, sizeof err) == MG_OK);
-    if (!m) return;
     uint64_t s = 91;
-    for (int64_t i = 0; i < m->n_params; i++) m->params[i] += 0.05f * test_rng_float(&s);
+    char err[256];
+    tr_model *m = perturbed_model(&c, 37, &s);
+    if (!m) return;
     static example_buf b;
     make_example(&b, 5);
     const int Np = 16, Q = c.aux_mask;
@@ -1088,12 +1093,10 @@ TEST(train_step_threads_same_bits) {
 TEST(train_aux_split_head_fd) {
     tr_config c = tr_config_tiny();
     c.aux_classes = TR_AUX_SPLIT_CLASSES;
-    tr_model *m = NULL;
-    char err[256];
-    CHECK(tr_model_create(&m, &c, 37, 1, err, sizeof err) == MG_OK);
-    if (!m) return;
     uint64_t s = 91;
-    for (int64_t i = 0; i < m->n_params; i++) m->params[i] += 0.05f * test_rng_float(&s);
+    char err[256];
+    tr_model *m = perturbed_model(&c, 37, &s);
+    if (!m) return;
     static example_buf b;
     make_example(&b, 5);
     const int F = TR_AUX_SPLIT_FIRST, C = TR_AUX_SPLIT_CLASSES, S1 = F - 1, n_joint = 1 + S1 * (C - F - 1);
