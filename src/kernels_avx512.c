@@ -807,15 +807,51 @@ WIDE_PACK(wide_pack_f32, load_w_f32)
 WIDE_PACK(wide_pack_f16, load_w_f16)
 WIDE_PACK(wide_pack_bf16, load_w_bf16)
 
+/* Prefetch of the panel a thread packs next (the same rows' next k block, or the next rows from
+ * k = 0), spread over the tiles of this panel and over the k steps of each tile: its raw weights
+ * come from memory while the tiles compute, instead of stalling the next pack. */
+typedef struct {
+    const char *row;  /* row of the next line to fetch; NULL: nothing left */
+    size_t ldw;
+    int line, lines_per_row, rows_left, per_step;
+} wide_pf;
+
+static inline void wide_pf_next(wide_pf *pf, const char *w, size_t ldw, size_t esz, int64_t nb, int64_t n1,
+                                int64_t k0, int kc, int64_t K, int64_t M) {
+    int64_t nk0 = k0 + WKC, nnb = nb;
+    if (nk0 >= K) { nk0 = 0; nnb = nb + WNR; }
+    *pf = (wide_pf){0};
+    if (nnb >= n1) return;
+    const int64_t nkc = MG_MIN((int64_t)WKC, K - nk0);
+    pf->row = w + (size_t)nnb * ldw + (size_t)nk0 * esz;
+    pf->ldw = ldw;
+    pf->lines_per_row = (int)((nkc * (int64_t)esz + 63) / 64) + 1; /* +1: rows need not be aligned */
+    pf->rows_left = (int)MG_MIN((int64_t)WNR, n1 - nnb);
+    const int64_t steps = (M + WMR - 1) / WMR * ((kc + 15) / 16), total = (int64_t)pf->rows_left * pf->lines_per_row;
+    pf->per_step = (int)((total + steps - 1) / steps);
+}
+
+/* One step: up to per_step lines. */
+static inline void wide_pf_step(wide_pf *pf) {
+    for (int i = 0; i < pf->per_step && pf->row; i++) {
+        _mm_prefetch(pf->row + (size_t)pf->line * 64, _MM_HINT_T0);
+        if (++pf->line == pf->lines_per_row) {
+            pf->line = 0;
+            pf->row = --pf->rows_left ? pf->row + pf->ldw : NULL;
+        }
+    }
+}
+
 /* A rows x B vectors of outputs over one packed panel; q: store masks of the B vectors. */
 static inline __attribute__((always_inline)) void wide_tile(float *y, int64_t ldy, const float *x, int64_t ldx,
                                                             const float *p, int kc, bool first,
-                                                            const __mmask16 *q, int A, int B) {
+                                                            const __mmask16 *q, int A, int B, wide_pf *pf) {
     __m512 acc[WMR][WNR / 16];
     _Pragma("GCC unroll 8") for (int a = 0; a < WMR; a++) if (a < A)
         _Pragma("GCC unroll 4") for (int b = 0; b < WNR / 16; b++) if (b < B) acc[a][b] =
             first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(q[b], y + a * ldy + b * 16);
     for (int k = 0; k < kc; k++) {
+        if ((k & 15) == 0) wide_pf_step(pf);
         __m512 wv[WNR / 16];
         _Pragma("GCC unroll 4") for (int b = 0; b < WNR / 16; b++) if (b < B) wv[b] =
             _mm512_load_ps(p + (size_t)k * WNR + b * 16);
@@ -831,15 +867,15 @@ static inline __attribute__((always_inline)) void wide_tile(float *y, int64_t ld
 }
 
 #define WT_ROW(a)                                                                                  \
-    case a * 8 + 1: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 1); break;                       \
-    case a * 8 + 2: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 2); break;                       \
-    case a * 8 + 3: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 3); break;                       \
-    case a * 8 + 4: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 4); break;
+    case a * 8 + 1: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 1, pf); break;                   \
+    case a * 8 + 2: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 2, pf); break;                   \
+    case a * 8 + 3: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 3, pf); break;                   \
+    case a * 8 + 4: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 4, pf); break;
 #if WMR != 6 || WNR != 64
 #error "wide_tile_any covers WMR = 6, WNR = 64"
 #endif
 static void wide_tile_any(float *y, int64_t ldy, const float *x, int64_t ldx, const float *p, int kc, bool first,
-                          const __mmask16 *q, int A, int B) {
+                          const __mmask16 *q, int A, int B, wide_pf *pf) {
     switch (A * 8 + B) {
     WT_ROW(1) WT_ROW(2) WT_ROW(3) WT_ROW(4) WT_ROW(5) WT_ROW(6)
     default: break;
@@ -851,7 +887,7 @@ static void wide_tile_any(float *y, int64_t ldy, const float *x, int64_t ldx, co
         float p[WKC * WNR] __attribute__((aligned(64)));                                           \
         __m512i lo[4], hi[4];                                                                      \
         tr16_indices(lo, hi);                                                                      \
-        const size_t ldw = mg_row_size(g->wtype, g->K);                                            \
+        const size_t ldw = mg_row_size(g->wtype, g->K), esz = mg_row_size(g->wtype, 1);            \
         const int64_t K = g->K, N = g->N;                                                          \
         const char *w = g->w;                                                                      \
         for (int64_t nb = n0; nb < n1; nb += WNR) {                                                \
@@ -862,9 +898,11 @@ static void wide_tile_any(float *y, int64_t ldy, const float *x, int64_t ldx, co
             for (int64_t k0 = 0; k0 < K; k0 += WKC) {                                              \
                 const int kc = (int)MG_MIN((int64_t)WKC, K - k0);                                  \
                 PACK(p, w + (size_t)nb * ldw, ldw, nc, k0, kc, lo, hi);                            \
+                wide_pf pf;                                                                        \
+                wide_pf_next(&pf, w, ldw, esz, nb, n1, k0, kc, K, g->M);                           \
                 for (int64_t m = 0; m < g->M; m += WMR) {                                          \
                     wide_tile_any(g->y + m * N + nb, N, g->x + m * K + k0, K, p, kc, k0 == 0, q,   \
-                                  (int)MG_MIN((int64_t)WMR, g->M - m), B);                         \
+                                  (int)MG_MIN((int64_t)WMR, g->M - m), B, &pf);                    \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
