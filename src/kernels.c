@@ -157,8 +157,8 @@ static void mmw_ref(const mg_mm_args *a, int64_t n0, int64_t n1) {
 
 static const mg_kernel_table ref_table = {
     "ref", mm_ref, mm_ref, mm_ref, mm_ref, mm_ref, quantize_q8_0_ref, attn_scores_ref, attn_values_ref,
-    mg_rmsnorm, mg_softmax, mg_silu, mg_gelu, transpose_ref, mg_gelu_bwd, vec_add_ref, gemm_acc_ref,
-    mmw_ref, mmw_ref, mmw_ref,
+    mg_rmsnorm, mg_layernorm, mg_softmax, mg_silu, mg_gelu, transpose_ref, mg_gelu_bwd, vec_add_ref,
+    gemm_acc_ref, mmw_ref, mmw_ref, mmw_ref,
 };
 static mg_kernel_table sel_table;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -391,10 +391,16 @@ void mg_attn_values(float *o, const float *p, const float *v, int64_t stride, in
     sel_table.attn_values(o, p, v, stride, n, d);
 }
 
-/* mg_rmsnorm / mg_softmax / mg_silu / mg_gelu with the selected kernels. */
+/* mg_rmsnorm / mg_layernorm / mg_softmax / mg_silu / mg_gelu with the selected kernels. */
 void mg_rmsnorm_simd(float *out, const float *x, const float *weight, int64_t n, float eps) {
     mg_kernels_init();
     if (n > 0) sel_table.rmsnorm(out, x, weight, n, eps);
+}
+
+void mg_layernorm_simd(float *out, const float *x, const float *weight, const float *bias, int64_t n,
+                       float eps) {
+    mg_kernels_init();
+    if (n > 0) sel_table.layernorm(out, x, weight, bias, n, eps);
 }
 
 double mg_softmax_simd(float *x, int64_t n) {

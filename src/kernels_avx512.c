@@ -635,6 +635,37 @@ static void rmsnorm(float *out, const float *x, const float *weight, int64_t n, 
     }
 }
 
+/* As mg_layernorm: the sum and the sum of squared deviations in double (8 lanes each, so in
+ * another order), then the same fp32 expression per element. */
+static void layernorm(float *out, const float *x, const float *weight, const float *bias, int64_t n,
+                      float eps) {
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    for (int64_t i = 0; i < n; i += 16)
+        add_pd(&s0, &s1, _mm512_maskz_loadu_ps(tail_mask(n - i), x + i));
+    const double mean = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1)) / (double)n;
+    const __m512d vmean = _mm512_set1_pd(mean);
+    __m512d v0 = _mm512_setzero_pd(), v1 = _mm512_setzero_pd();
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        /* masked-off lanes would add mean^2: zero their deviations */
+        const __m512d d0 = _mm512_maskz_sub_pd((__mmask8)m, lo_pd(v), vmean);
+        const __m512d d1 = _mm512_maskz_sub_pd((__mmask8)(m >> 8), hi_pd(v), vmean);
+        v0 = _mm512_fmadd_pd(d0, d0, v0);
+        v1 = _mm512_fmadd_pd(d1, d1, v1);
+    }
+    const double var = _mm512_reduce_add_pd(_mm512_add_pd(v0, v1));
+    const __m512 vr = _mm512_set1_ps((float)(1.0 / sqrt(var / (double)n + eps)));
+    const __m512 vm = _mm512_set1_ps((float)mean);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vm), vr);
+        if (weight) t = _mm512_mul_ps(t, _mm512_maskz_loadu_ps(m, weight + i));
+        if (bias) t = _mm512_add_ps(t, _mm512_maskz_loadu_ps(m, bias + i));
+        _mm512_mask_storeu_ps(out + i, m, t);
+    }
+}
+
 /* As mg_softmax: max, exp(x - max) summed in double, scaled by 1 / sum; all -inf -> zeros.
  * Returns max + log(sum). */
 static double softmax(float *x, int64_t n) {
@@ -827,7 +858,8 @@ static inline void wide_pf_next(wide_pf *pf, const char *w, size_t ldw, size_t e
     pf->ldw = ldw;
     pf->lines_per_row = (int)((nkc * (int64_t)esz + 63) / 64) + 1; /* +1: rows need not be aligned */
     pf->rows_left = (int)MG_MIN((int64_t)WNR, n1 - nnb);
-    const int64_t steps = (M + WMR - 1) / WMR * ((kc + 15) / 16), total = (int64_t)pf->rows_left * pf->lines_per_row;
+    const int64_t steps = (M + WMR - 1) / WMR * ((kc + 15) / 16);
+    const int64_t total = (int64_t)pf->rows_left * pf->lines_per_row;
     pf->per_step = (int)((total + steps - 1) / steps);
 }
 
@@ -978,6 +1010,7 @@ bool mg_kernels_fill_avx512(mg_kernel_table *t) {
     t->attn_scores = attn_scores;
     t->attn_values = attn_values;
     t->rmsnorm = rmsnorm;
+    t->layernorm = layernorm;
     t->softmax = softmax;
     t->silu = silu;
     t->gelu = gelu;

@@ -41,6 +41,8 @@ typedef struct {
     mg_scores_fn attn_scores;
     mg_values_fn attn_values;
     void (*rmsnorm)(float *out, const float *x, const float *weight, int64_t n, float eps);
+    void (*layernorm)(float *out, const float *x, const float *weight, const float *bias, int64_t n,
+                      float eps);
     double (*softmax)(float *x, int64_t n); /* returns log(sum exp(x)) of the input */
     void (*silu)(float *x, int64_t n);
     void (*gelu)(float *x, int64_t n);

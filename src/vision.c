@@ -504,10 +504,11 @@ typedef struct {
 
 static void ln_task(void *ctx, int64_t i0, int64_t i1, int ith) {
     const ln_ctx *c = ctx;
-    for (int64_t i = i0; i < i1; i++) mg_layernorm(c->out + i * c->n, c->x + i * c->n, c->nm->w, c->nm->b, c->n, c->eps);
+    for (int64_t i = i0; i < i1; i++)
+        mg_layernorm_simd(c->out + i * c->n, c->x + i * c->n, c->nm->w, c->nm->b, c->n, c->eps);
 }
 
-/* Row LayerNorm split across the pool. */
+/* Row LayerNorm (the selected SIMD path) split across the pool. */
 void vision_layernorm_rows(mg_pool *pool, float *out, const float *x, const vision_norm *nm, int64_t M,
                            int64_t n, float eps) {
     ln_ctx c = {out, x, nm, n, eps};

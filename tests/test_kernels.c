@@ -650,14 +650,15 @@ TEST(kernels_attn_vs_double) {
     CHECK(checked > 0);
 }
 
-/* SIMD rmsnorm / softmax / silu / gelu of every table (and the public *_simd entry points) against the
- * scalar functions, per element within 4e-7 relative (a few ulp; docs/numerics.md), on lengths
- * with tails and on edge values: zeros, exp over- and underflow, a fully masked softmax row. */
+/* SIMD rmsnorm / softmax / silu / gelu / layernorm of every table (and the public *_simd entry
+ * points) against the scalar functions, per element within 4e-7 relative (a few ulp;
+ * docs/numerics.md; layernorm also allows an ulp of the mean), on lengths with tails and on edge
+ * values: zeros, exp over- and underflow, a fully masked softmax row. */
 TEST(kernels_ops_simd_vs_ref) {
     const int64_t lens[] = {1, 15, 16, 17, 384, 1000};
     uint64_t rng = 99;
     int checked = 0;
-    double worst[4] = {0, 0, 0, 0}; /* max |a - b| / |a| per op (gelu: / |x|), every path */
+    double worst[5] = {0, 0, 0, 0, 0}; /* max |a - b| / |a| per op (gelu: / |x|), every path */
     for (size_t li = 0; li < MG_ARRAY_LEN(lens); li++) {
         const int64_t n = lens[li];
         float *x = malloc((size_t)n * sizeof(float)), *w = malloc((size_t)n * sizeof(float));
@@ -681,16 +682,26 @@ TEST(kernels_ops_simd_vs_ref) {
                 double (*sm)(float *, int64_t) = mg_softmax_simd;
                 void (*si)(float *, int64_t) = mg_silu_simd;
                 void (*ge)(float *, int64_t) = mg_gelu_simd;
+                void (*ln)(float *, const float *, const float *, const float *, int64_t, float) =
+                    mg_layernorm_simd;
                 if (which > 0) {
                     bool have;
                     mg_kernel_table tb = table_for(which, &have);
-                    if (!have || !tb.rmsnorm || !tb.softmax || !tb.silu || !tb.gelu) continue;
+                    if (!have || !tb.rmsnorm || !tb.softmax || !tb.silu || !tb.gelu || !tb.layernorm)
+                        continue;
                     rms = tb.rmsnorm;
                     sm = tb.softmax;
                     si = tb.silu;
                     ge = tb.gelu;
+                    ln = tb.layernorm;
                 }
-                for (int op = 0; op < 4; op++) {
+                /* layernorm: the mean and 1/std of x in double, for its bound */
+                double mean = 0, var = 0;
+                for (int64_t i = 0; i < n; i++) mean += x[i];
+                mean /= (double)n;
+                for (int64_t i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+                const double rstd = 1.0 / sqrt(var / (double)n + 1e-6);
+                for (int op = 0; op < 5; op++) {
                     memcpy(a, x, (size_t)n * sizeof(float));
                     memcpy(b, x, (size_t)n * sizeof(float));
                     if (op == 0) {
@@ -702,14 +713,21 @@ TEST(kernels_ops_simd_vs_ref) {
                     } else if (op == 2) {
                         mg_silu(a, n);
                         si(b, n);
-                    } else {
+                    } else if (op == 3) {
                         mg_gelu(a, n);
                         ge(b, n);
+                    } else { /* the bias: the weights shifted, so that it is not 1 */
+                        mg_layernorm(a, x, w, w + (n > 1), n - (n > 1), 1e-6f);
+                        ln(b, x, w, w + (n > 1), n - (n > 1), 1e-6f);
+                        if (n > 1) a[n - 1] = b[n - 1] = 0.0f;
                     }
                     int bad = 0;
                     for (int64_t i = 0; i < n; i++) {
-                        /* gelu: relative to |x| (its negative tail underflows, see numerics.md) */
-                        const double ref = op == 3 ? fabs((double)x[i]) : fabs((double)a[i]);
+                        /* gelu: relative to |x| (its negative tail underflows, see numerics.md);
+                         * layernorm: plus an ulp of the mean, scaled as x - mean is */
+                        const double ref = op == 3   ? fabs((double)x[i])
+                                           : op == 4 ? fabs((double)a[i]) + fabs((double)w[i]) * fabs(mean) * rstd
+                                                     : fabs((double)a[i]);
                         const double e = fabs((double)a[i] - b[i]);
                         bad += !(e <= 4e-7 * ref + 1e-37);
                         if (ref > 1e-30 && e / ref > worst[op]) worst[op] = e / ref;
@@ -731,8 +749,9 @@ TEST(kernels_ops_simd_vs_ref) {
         free(b);
     }
     CHECK(checked > 0);
-    printf("    max rel diff from the scalar ops: rmsnorm %.2g softmax %.2g silu %.2g gelu %.2g\n",
-           worst[0], worst[1], worst[2], worst[3]);
+    printf("    max rel diff from the scalar ops: rmsnorm %.2g softmax %.2g silu %.2g gelu %.2g "
+           "layernorm %.2g\n",
+           worst[0], worst[1], worst[2], worst[3], worst[4]);
 }
 
 TEST(kernels_get_row) {
