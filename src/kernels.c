@@ -150,7 +150,15 @@ static void mmw_ref(const mg_mm_args *a, int64_t n0, int64_t n1) {
                 }
                 v = fmaf(xr[k], w, v);
             }
-            a->y[m * a->N + n] = v;
+            const mg_mm_epilogue *ep = a->ep;
+            if (!ep) {
+                a->y[m * a->N + n] = v;
+                continue;
+            }
+            if (ep->bias) v += ep->bias[n];
+            if (ep->gelu) mg_gelu_simd(&v, 1);
+            if (ep->add_to) ep->add_to[m * a->N + n] += v;
+            else a->y[m * a->N + n] = v;
         }
     }
 }
@@ -289,7 +297,7 @@ void mg_matmul(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x,
     const mg_type_traits *tr = mg_get_type_traits(wtype);
     mm_job j;
     j.t = (o && o->use_ref) ? &ref_table : &sel_table;
-    j.a = (mg_mm_args){y, x, NULL, 0, w, wtype, M, N, K};
+    j.a = (mg_mm_args){y, x, NULL, 0, w, wtype, M, N, K, NULL};
     j.tile = 16;
     switch (wtype) {
     case MG_TYPE_F32: j.fn = j.t->mm_f32; break;
@@ -321,13 +329,36 @@ void mg_matmul(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x,
 
 /* y[M, N] = x[M, K] . W[N, K]^T for float weights with one fused multiply-add chain per output
  * (kernels.h); other types, and a variant without wide kernels, go to mg_matmul. */
+typedef struct {
+    float *y;
+    int64_t N;
+    const mg_mm_epilogue *ep;
+} ep_job;
+
+/* The epilogue as passes over rows [i0, i1), for the paths whose kernels have none. */
+static void ep_task(void *ctx, int64_t i0, int64_t i1, int ith) {
+    const ep_job *j = ctx;
+    for (int64_t m = i0; m < i1; m++) {
+        float *r = j->y + m * j->N;
+        if (j->ep->bias) sel_table.vec_add(r, j->ep->bias, j->N);
+        if (j->ep->gelu) mg_gelu_simd(r, j->N);
+        if (j->ep->add_to) sel_table.vec_add(j->ep->add_to + m * j->N, r, j->N);
+    }
+}
+
 void mg_matmul_wide(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x, const void *w,
                     int wtype, int64_t M, int64_t N, int64_t K, void *work) {
+    mg_matmul_wide_ep(pool, o, y, x, w, wtype, M, N, K, work, NULL);
+}
+
+void mg_matmul_wide_ep(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x, const void *w,
+                       int wtype, int64_t M, int64_t N, int64_t K, void *work, const mg_mm_epilogue *ep) {
     if (M <= 0 || N <= 0) return;
     mg_kernels_init();
+    if (ep && !ep->bias && !ep->gelu && !ep->add_to) ep = NULL;
     mm_job j;
     j.t = (o && o->use_ref) ? &ref_table : &sel_table;
-    j.a = (mg_mm_args){y, x, NULL, 0, w, wtype, M, N, K};
+    j.a = (mg_mm_args){y, x, NULL, 0, w, wtype, M, N, K, ep};
     j.tile = 16; /* ranges need not start on a 64-column panel: a short one is masked */
     switch (wtype) {
     case MG_TYPE_F32: j.fn = j.t->mmw_f32; break;
@@ -337,6 +368,10 @@ void mg_matmul_wide(mg_pool *pool, const mg_kernel_opts *o, float *y, const floa
     }
     if (!j.fn || K <= 0) {
         mg_matmul(pool, o, y, x, w, wtype, M, N, K, work);
+        if (ep) {
+            ep_job e = {y, N, ep};
+            mg_pool_run(pool, M, 4, ep_task, &e);
+        }
         return;
     }
     mm_schedule(pool, &j);

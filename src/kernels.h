@@ -39,6 +39,18 @@ void mg_matmul(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x,
  * types, and kernel variants without it (AVX2), run mg_matmul. */
 void mg_matmul_wide(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x, const void *w,
                     int wtype, int64_t M, int64_t N, int64_t K, void *work);
+/* What mg_matmul_wide_ep does to each output r = y[m][n] once its chain is complete, in this order:
+ * r += bias[n] (bias: [N], or NULL); r = GELU(r) with mg_gelu_simd's function (gelu); then
+ * y[m][n] = r, or with add_to ([M, N], rows of N) add_to[m][n] += r, y then being scratch. The
+ * same bits as the separate operations after mg_matmul_wide; the AVX-512 panels apply it to the
+ * registers before the last store instead of passing over the rows again. */
+typedef struct {
+    const float *bias;
+    bool gelu;
+    float *add_to;
+} mg_mm_epilogue;
+void mg_matmul_wide_ep(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x, const void *w,
+                       int wtype, int64_t M, int64_t N, int64_t K, void *work, const mg_mm_epilogue *ep);
 
 /* Copies row `row` of a weight matrix [N, K] of type wtype into dst as fp32 (embedding lookup). */
 void mg_get_row_f32(const void *w, int wtype, int64_t K, int64_t row, float *dst);

@@ -874,10 +874,20 @@ static inline void wide_pf_step(wide_pf *pf) {
     }
 }
 
-/* A rows x B vectors of outputs over one packed panel; q: store masks of the B vectors. */
+/* The epilogue of one tile at the last k panel (mg_mm_epilogue): bias at the tile's first column,
+ * add_to at its first element (row stride ldy), or NULL. */
+typedef struct {
+    const float *bias;
+    float *add_to;
+    bool gelu;
+} wide_ep;
+
+/* A rows x B vectors of outputs over one packed panel; q: store masks of the B vectors; e: the
+ * epilogue when this is the last panel, else NULL. */
 static inline __attribute__((always_inline)) void wide_tile(float *y, int64_t ldy, const float *x, int64_t ldx,
                                                             const float *p, int kc, bool first,
-                                                            const __mmask16 *q, int A, int B, wide_pf *pf) {
+                                                            const __mmask16 *q, int A, int B, wide_pf *pf,
+                                                            const wide_ep *e) {
     __m512 acc[WMR][WNR / 16];
     _Pragma("GCC unroll 8") for (int a = 0; a < WMR; a++) if (a < A)
         _Pragma("GCC unroll 4") for (int b = 0; b < WNR / 16; b++) if (b < B) acc[a][b] =
@@ -893,21 +903,39 @@ static inline __attribute__((always_inline)) void wide_tile(float *y, int64_t ld
                 _mm512_fmadd_ps(xv, wv[b], acc[a][b]);
         }
     }
-    _Pragma("GCC unroll 8") for (int a = 0; a < WMR; a++) if (a < A)
-        _Pragma("GCC unroll 4") for (int b = 0; b < WNR / 16; b++) if (b < B)
-            _mm512_mask_storeu_ps(y + a * ldy + b * 16, q[b], acc[a][b]);
+    if (!e) {
+        _Pragma("GCC unroll 8") for (int a = 0; a < WMR; a++) if (a < A)
+            _Pragma("GCC unroll 4") for (int b = 0; b < WNR / 16; b++) if (b < B)
+                _mm512_mask_storeu_ps(y + a * ldy + b * 16, q[b], acc[a][b]);
+        return;
+    }
+    for (int a = 0; a < A; a++)
+        for (int b = 0; b < B; b++) {
+            __m512 r = acc[a][b];
+            if (e->bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(q[b], e->bias + b * 16));
+            if (e->gelu) {
+                __m512 z2;
+                r = _mm512_mul_ps(r, normal_cdf(r, &z2));
+            }
+            if (e->add_to) {
+                float *d = e->add_to + a * ldy + b * 16;
+                _mm512_mask_storeu_ps(d, q[b], _mm512_add_ps(_mm512_maskz_loadu_ps(q[b], d), r));
+            } else {
+                _mm512_mask_storeu_ps(y + a * ldy + b * 16, q[b], r);
+            }
+        }
 }
 
 #define WT_ROW(a)                                                                                  \
-    case a * 8 + 1: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 1, pf); break;                   \
-    case a * 8 + 2: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 2, pf); break;                   \
-    case a * 8 + 3: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 3, pf); break;                   \
-    case a * 8 + 4: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 4, pf); break;
+    case a * 8 + 1: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 1, pf, e); break;                   \
+    case a * 8 + 2: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 2, pf, e); break;                   \
+    case a * 8 + 3: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 3, pf, e); break;                   \
+    case a * 8 + 4: wide_tile(y, ldy, x, ldx, p, kc, first, q, a, 4, pf, e); break;
 #if WMR != 6 || WNR != 64
 #error "wide_tile_any covers WMR = 6, WNR = 64"
 #endif
 static void wide_tile_any(float *y, int64_t ldy, const float *x, int64_t ldx, const float *p, int kc, bool first,
-                          const __mmask16 *q, int A, int B, wide_pf *pf) {
+                          const __mmask16 *q, int A, int B, wide_pf *pf, const wide_ep *e) {
     switch (A * 8 + B) {
     WT_ROW(1) WT_ROW(2) WT_ROW(3) WT_ROW(4) WT_ROW(5) WT_ROW(6)
     default: break;
@@ -932,9 +960,14 @@ static void wide_tile_any(float *y, int64_t ldy, const float *x, int64_t ldx, co
                 PACK(p, w + (size_t)nb * ldw, ldw, nc, k0, kc, lo, hi);                            \
                 wide_pf pf;                                                                        \
                 wide_pf_next(&pf, w, ldw, esz, nb, n1, k0, kc, K, g->M);                           \
+                const mg_mm_epilogue *ep = k0 + kc >= K ? g->ep : NULL;                            \
                 for (int64_t m = 0; m < g->M; m += WMR) {                                          \
+                    wide_ep e;                                                                     \
+                    if (ep)                                                                        \
+                        e = (wide_ep){ep->bias ? ep->bias + nb : NULL,                             \
+                                      ep->add_to ? ep->add_to + m * N + nb : NULL, ep->gelu};      \
                     wide_tile_any(g->y + m * N + nb, N, g->x + m * K + k0, K, p, kc, k0 == 0, q,   \
-                                  (int)MG_MIN((int64_t)WMR, g->M - m), B, &pf);                    \
+                                  (int)MG_MIN((int64_t)WMR, g->M - m), B, &pf, ep ? &e : NULL);    \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \

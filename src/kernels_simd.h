@@ -19,6 +19,7 @@ typedef struct {
     const void *w;
     int wtype;
     int64_t M, N, K;
+    const mg_mm_epilogue *ep; /* wide kernels only: applied at the last k panel; NULL: none */
 } mg_mm_args;
 
 /* Computes the output columns n in [n0, n1) for all M rows. Each output element's value must not
@@ -53,8 +54,9 @@ typedef struct {
     void (*gemm_acc)(float *C, const float *A, const float *B, int64_t M, int64_t N, int64_t K, bool a_trans,
                      int64_t m0, int64_t m1, int64_t n0, int64_t n1);
     /* mg_matmul_wide for float weights: each output one fused multiply-add chain over k in
-     * ascending order from 0 (the reference's bits exactly); NULL where a variant has none
-     * (mg_matmul_wide then runs the variant's mg_matmul kernel) */
+     * ascending order from 0 (the reference's bits exactly), then the epilogue a->ep if any
+     * (mg_mm_epilogue); NULL where a variant has none (mg_matmul_wide then runs the variant's
+     * mg_matmul kernel and the epilogue as separate passes) */
     mg_mm_fn mmw_f32, mmw_f16, mmw_bf16;
 } mg_kernel_table;
 

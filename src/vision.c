@@ -486,12 +486,17 @@ void vision_add_rows(mg_pool *pool, float *x, const float *y, int64_t M, int64_t
     add_rows(pool, x, N, y, N, M, N);
 }
 
-/* Matmul through the kernels (the wide path: every caller has many rows), then the bias. */
+/* Matmul through the kernels (the wide path: every caller has many rows) with the bias, GELU
+ * and residual add as its epilogue. */
+void vision_linear_fwd_ep(const vision_linear *l, vision_ws *ws, mg_pool *pool, const mg_kernel_opts *o,
+                          float *y, const float *x, int64_t M, bool gelu, float *add_to) {
+    const mg_mm_epilogue ep = {l->b, gelu, add_to};
+    mg_matmul_wide_ep(pool, o, y, x, l->w.data, l->w.type, M, l->w.n_out, l->w.n_in, ws->mm_work, &ep);
+}
+
 void vision_linear_fwd(const vision_linear *l, vision_ws *ws, mg_pool *pool, const mg_kernel_opts *o,
                        float *y, const float *x, int64_t M) {
-    const int64_t N = l->w.n_out;
-    mg_matmul_wide(pool, o, y, x, l->w.data, l->w.type, M, N, l->w.n_in, ws->mm_work);
-    if (l->b) vision_add_bias_rows(pool, y, N, l->b, M, N);
+    vision_linear_fwd_ep(l, ws, pool, o, y, x, M, false, NULL);
 }
 
 typedef struct {

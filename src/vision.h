@@ -162,6 +162,10 @@ void vision_add_rows(mg_pool *pool, float *x, const float *y, int64_t M, int64_t
 /* y [M, w.n_out] = x [M, w.n_in] . W^T (+ b when l->b), through mg_matmul_wide. */
 void vision_linear_fwd(const vision_linear *l, vision_ws *ws, mg_pool *pool, const mg_kernel_opts *o,
                        float *y, const float *x, int64_t M);
+/* The same, then GELU when gelu; with add_to ([M, w.n_out]) add_to += the result instead of y =
+ * it (y is then scratch). One pass: the epilogue of mg_matmul_wide_ep, the separate ops' bits. */
+void vision_linear_fwd_ep(const vision_linear *l, vision_ws *ws, mg_pool *pool, const mg_kernel_opts *o,
+                          float *y, const float *x, int64_t M, bool gelu, float *add_to);
 /* LayerNorm of each of M rows of n: out may alias x. */
 void vision_layernorm_rows(mg_pool *pool, float *out, const float *x, const vision_norm *nm, int64_t M,
                            int64_t n, float eps);

@@ -29,10 +29,10 @@ static void patchify(const mg_vision *v, const float *img, float *patches) {
 /* Patch embedding, CLS and position embedding, the pre-LN blocks, then ln_vision. */
 void vision_vit_forward(const mg_vision *v, vision_ws *ws, mg_pool *pool, const mg_kernel_opts *o,
                         const float *img, float *out) {
-    const int64_t T = v->n_tok, E = v->n_embd, F = v->n_ff;
+    const int64_t T = v->n_tok, E = v->n_embd;
     float *x = vision_ws_buf_get(ws, VWS_X);     /* [T, E]  residual stream */
     float *h = vision_ws_buf_get(ws, VWS_H);     /* [T, E]  normed input, then attention output */
-    float *big = vision_ws_buf_get(ws, VWS_BIG); /* [T, 3E] qkv, [T, F] MLP hidden, [T-1, 3PP] patches */
+    float *big = vision_ws_buf_get(ws, VWS_BIG); /* [T, 3E] qkv, [T, n_ff] MLP hidden, [T-1, 3PP] patches */
 
     /* Patch embedding (a stride-P conv = a matmul over flattened patches) into rows 1..T-1,
      * the CLS token in row 0, then the absolute position embedding over all rows. */
@@ -55,15 +55,12 @@ void vision_vit_forward(const mg_vision *v, vision_ws *ws, mg_pool *pool, const 
         /* q is scaled before q k^T, as eva_vit.py does */
         vision_attention(ws, pool, o, h, big, 3 * E, big + E, 3 * E, big + 2 * E, 3 * E, T, T, v->n_head,
                          v->head_dim, scale);
-        vision_linear_fwd(&b->attn_out, ws, pool, o, big, h, T);
-        vision_add_rows(pool, x, big, T, E);
+        vision_linear_fwd_ep(&b->attn_out, ws, pool, o, big, h, T, false, x);
 
-        /* MLP: x += fc2(GELU(fc1(LN2(x)))) */
+        /* MLP: x += fc2(GELU(fc1(LN2(x)))); bias, GELU and residual adds in the products' epilogues */
         vision_layernorm_rows(pool, h, x, &b->ln2, T, E, v->ln_eps);
-        vision_linear_fwd(&b->ffn_up, ws, pool, o, big, h, T);
-        vision_gelu_rows(pool, big, T, F);
-        vision_linear_fwd(&b->ffn_down, ws, pool, o, h, big, T);
-        vision_add_rows(pool, x, h, T, E);
+        vision_linear_fwd_ep(&b->ffn_up, ws, pool, o, big, h, T, true, NULL);
+        vision_linear_fwd_ep(&b->ffn_down, ws, pool, o, h, big, T, false, x);
     }
 
     /* ln_vision (eps 1e-5, not the blocks' 1e-6), CLS included */

@@ -359,6 +359,93 @@ TEST(kernels_matmul_wide) {
     free(a), free(b);
 }
 
+/* mg_matmul_wide_ep: bias, GELU and the residual add applied to each output once its chain is
+ * complete give the bits of the separate passes after mg_matmul_wide (computed here: r + bias,
+ * mg_gelu_simd, add_to + r), through the reference, the AVX-512 panels called directly on ranges
+ * cut off the panel grid, and the dispatcher on 1-3 threads; K > 256 spans several k panels, so an
+ * epilogue applied before the last one shows. A quantized type takes the passes after mg_matmul. */
+TEST(kernels_matmul_wide_epilogue) {
+    static const struct {
+        int64_t M, N, K;
+    } shapes[] = {{1, 1, 1}, {7, 65, 300}, {13, 130, 513}, {6, 64, 256}, {9, 257, 88}};
+    const int types[] = {MG_TYPE_F32, MG_TYPE_F16, MG_TYPE_Q8_0};
+    bool have512;
+    mg_kernel_table t512 = table_for(2, &have512);
+    mg_kernel_opts ref = {true}, sel = {false};
+    uint64_t rng = 5;
+    int cases = 0;
+    for (size_t si = 0; si < MG_ARRAY_LEN(shapes); si++)
+        for (size_t ti = 0; ti < MG_ARRAY_LEN(types); ti++) {
+            const int type = types[ti];
+            const int64_t M = shapes[si].M, N = shapes[si].N, K = type == MG_TYPE_Q8_0 ? 64 : shapes[si].K;
+            const size_t bytes = (size_t)(M * N) * sizeof(float);
+            mm_case c;
+            float *plain = malloc(bytes), *y = malloc(bytes), *want = malloc(bytes), *acc0 = malloc(bytes);
+            float *acc = malloc(bytes), *bias = malloc((size_t)N * sizeof(float));
+            if (!mm_case_make(&c, type, M, N, K, 300 + si * 3 + ti) || !plain || !y || !want || !acc0 || !acc ||
+                !bias) {
+                CHECK_MSG(0, "out of memory");
+                mm_case_free(&c);
+                free(plain), free(y), free(want), free(acc0), free(acc), free(bias);
+                return;
+            }
+            for (int64_t n = 0; n < N; n++) bias[n] = test_rng_float(&rng);
+            for (int64_t i = 0; i < M * N; i++) acc0[i] = test_rng_float(&rng) * 4.0f;
+            mg_matmul_wide(NULL, &ref, plain, c.x, c.w, type, M, N, K, NULL);
+            for (int variant = 0; variant < 5; variant++) {
+                const mg_mm_epilogue ep = {variant != 3 ? bias : NULL, variant == 1 || variant == 4,
+                                           variant >= 2 ? acc : NULL};
+                for (int64_t m = 0; m < M; m++)
+                    for (int64_t n = 0; n < N; n++) {
+                        float r = plain[m * N + n];
+                        if (ep.bias) r += bias[n];
+                        if (ep.gelu) mg_gelu_simd(&r, 1);
+                        want[m * N + n] = ep.add_to ? acc0[m * N + n] + r : r;
+                    }
+                const float *got = ep.add_to ? acc : y;
+                for (int path = 0; path < 5; path++) {
+                    if (path == 1 && (!have512 || type == MG_TYPE_Q8_0)) continue;
+                    memcpy(acc, acc0, bytes);
+                    memset(y, 0xff, bytes);
+                    if (path == 0) {
+                        mg_matmul_wide_ep(NULL, &ref, y, c.x, c.w, type, M, N, K, NULL, &ep);
+                    } else if (path == 1) {
+                        mg_mm_args a = {y, c.x, NULL, 0, c.w, type, M, N, K, &ep};
+                        mg_mm_fn fn = type == MG_TYPE_F32 ? t512.mmw_f32 : t512.mmw_f16;
+                        const int64_t cut1 = N / 3, cut2 = N - N / 5;
+                        fn(&a, 0, cut1);
+                        fn(&a, cut1, cut2);
+                        fn(&a, cut2, N);
+                    } else {
+                        mg_pool *p = NULL;
+                        CHECK(mg_pool_create(&p, path - 1) == MG_OK);
+                        mg_matmul_wide_ep(p, &sel, y, c.x, c.w, type, M, N, K, NULL, &ep);
+                        mg_pool_free(p);
+                    }
+                    if (type == MG_TYPE_Q8_0 && path >= 2) { /* mg_matmul's bits, then the passes */
+                        float *q = malloc(bytes);
+                        if (!q) continue;
+                        mg_matmul(NULL, &sel, q, c.x, c.w, type, M, N, K, NULL);
+                        for (int64_t m = 0; m < M; m++)
+                            for (int64_t n = 0; n < N; n++) {
+                                float r = q[m * N + n];
+                                if (ep.bias) r += bias[n];
+                                if (ep.gelu) mg_gelu_simd(&r, 1);
+                                want[m * N + n] = ep.add_to ? acc0[m * N + n] + r : r;
+                            }
+                        free(q);
+                    }
+                    CHECK_MSG(memcmp(got, want, bytes) == 0, "%s %lldx%lldx%lld epilogue %d path %d",
+                              mg_type_name(type), (long long)M, (long long)N, (long long)K, variant, path);
+                    cases++;
+                }
+            }
+            mm_case_free(&c);
+            free(plain), free(y), free(want), free(acc0), free(acc), free(bias);
+        }
+    CHECK(cases > 0);
+}
+
 /* Same output bits for 1, 2 and 3 threads, for the selected path and the reference; and the
  * M > 1 path gives each row the same bits as a separate M = 1 call (M = 19 takes the
  * many-rows paths of any variant, with a short last row tile). */
