@@ -135,30 +135,36 @@ static void gemm_acc_ref(float *C, const float *A, const float *B, int64_t M, in
 /* mg_matmul_wide's definition for float weights: y = fma(x[k], w[k], y) for k = 0 .. K-1 from 0,
  * each product and sum rounded once (fmaf), as the SIMD chains do. */
 static void mmw_ref(const mg_mm_args *a, int64_t n0, int64_t n1) {
-    const size_t wrow = mg_row_size(a->wtype, a->K);
+    const int64_t ldx = a->ldx ? a->ldx : a->K, ldy = a->ldy ? a->ldy : a->N;
+    const bool km = a->w_kmajor && a->wtype == MG_TYPE_F32;
+    const size_t esz = mg_row_size(a->wtype, 1);
+    const size_t ldw = a->ldw ? (size_t)a->ldw * esz : km ? (size_t)a->N * esz : mg_row_size(a->wtype, a->K);
     for (int64_t n = n0; n < n1; n++) {
-        const char *wr = (const char *)a->w + (size_t)n * wrow;
+        /* W(n, k) at wr + k * step */
+        const char *wr = (const char *)a->w + (km ? (size_t)n * esz : (size_t)n * ldw);
+        const size_t step = km ? ldw : esz;
         for (int64_t m = 0; m < a->M; m++) {
-            const float *xr = a->x + m * a->K;
+            const float *xr = a->x + m * ldx;
             float v = 0.0f;
             for (int64_t k = 0; k < a->K; k++) {
+                const void *e = wr + (size_t)k * step;
                 float w;
                 switch (a->wtype) {
-                case MG_TYPE_F16: w = mg_fp16_to_fp32(((const mg_fp16 *)(const void *)wr)[k]); break;
-                case MG_TYPE_BF16: w = mg_bf16_to_fp32(((const mg_bf16 *)(const void *)wr)[k]); break;
-                default: w = ((const float *)(const void *)wr)[k]; break;
+                case MG_TYPE_F16: w = mg_fp16_to_fp32(*(const mg_fp16 *)e); break;
+                case MG_TYPE_BF16: w = mg_bf16_to_fp32(*(const mg_bf16 *)e); break;
+                default: w = *(const float *)e; break;
                 }
                 v = fmaf(xr[k], w, v);
             }
             const mg_mm_epilogue *ep = a->ep;
             if (!ep) {
-                a->y[m * a->N + n] = v;
+                a->y[m * ldy + n] = v;
                 continue;
             }
             if (ep->bias) v += ep->bias[n];
             if (ep->gelu) mg_gelu_simd(&v, 1);
-            if (ep->add_to) ep->add_to[m * a->N + n] += v;
-            else a->y[m * a->N + n] = v;
+            if (ep->add_to) ep->add_to[m * ldy + n] += v;
+            else a->y[m * ldy + n] = v;
         }
     }
 }
@@ -297,7 +303,7 @@ void mg_matmul(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x,
     const mg_type_traits *tr = mg_get_type_traits(wtype);
     mm_job j;
     j.t = (o && o->use_ref) ? &ref_table : &sel_table;
-    j.a = (mg_mm_args){y, x, NULL, 0, w, wtype, M, N, K, NULL};
+    j.a = (mg_mm_args){.y = y, .x = x, .w = w, .wtype = wtype, .M = M, .N = N, .K = K};
     j.tile = 16;
     switch (wtype) {
     case MG_TYPE_F32: j.fn = j.t->mm_f32; break;
@@ -351,6 +357,32 @@ void mg_matmul_wide(mg_pool *pool, const mg_kernel_opts *o, float *y, const floa
     mg_matmul_wide_ep(pool, o, y, x, w, wtype, M, N, K, work, NULL);
 }
 
+static mg_mm_fn wide_fn(const mg_kernel_table *t, int wtype) {
+    switch (wtype) {
+    case MG_TYPE_F32: return t->mmw_f32;
+    case MG_TYPE_F16: return t->mmw_f16;
+    case MG_TYPE_BF16: return t->mmw_bf16;
+    default: return NULL;
+    }
+}
+
+bool mg_matmul_wide_strided(mg_pool *pool, const mg_kernel_opts *o, float *y, int64_t ldy, const float *x,
+                            int64_t ldx, const void *w, int64_t ldw, bool w_kmajor, int wtype, int64_t M,
+                            int64_t N, int64_t K, const mg_mm_epilogue *ep) {
+    mg_kernels_init();
+    mm_job j;
+    j.t = (o && o->use_ref) ? &ref_table : &sel_table;
+    j.fn = wide_fn(j.t, wtype);
+    if (!j.fn || (w_kmajor && wtype != MG_TYPE_F32) || K <= 0) return false;
+    if (M <= 0 || N <= 0) return true;
+    if (ep && !ep->bias && !ep->gelu && !ep->add_to) ep = NULL;
+    j.a = (mg_mm_args){.y = y, .x = x, .w = w, .wtype = wtype, .M = M, .N = N, .K = K, .ep = ep,
+                       .ldx = ldx, .ldy = ldy, .ldw = ldw, .w_kmajor = w_kmajor};
+    j.tile = 16; /* as mg_matmul_wide_ep */
+    mm_schedule(pool, &j);
+    return true;
+}
+
 void mg_matmul_wide_ep(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x, const void *w,
                        int wtype, int64_t M, int64_t N, int64_t K, void *work, const mg_mm_epilogue *ep) {
     if (M <= 0 || N <= 0) return;
@@ -358,14 +390,9 @@ void mg_matmul_wide_ep(mg_pool *pool, const mg_kernel_opts *o, float *y, const f
     if (ep && !ep->bias && !ep->gelu && !ep->add_to) ep = NULL;
     mm_job j;
     j.t = (o && o->use_ref) ? &ref_table : &sel_table;
-    j.a = (mg_mm_args){y, x, NULL, 0, w, wtype, M, N, K, ep};
+    j.a = (mg_mm_args){.y = y, .x = x, .w = w, .wtype = wtype, .M = M, .N = N, .K = K, .ep = ep};
     j.tile = 16; /* ranges need not start on a 64-column panel: a short one is masked */
-    switch (wtype) {
-    case MG_TYPE_F32: j.fn = j.t->mmw_f32; break;
-    case MG_TYPE_F16: j.fn = j.t->mmw_f16; break;
-    case MG_TYPE_BF16: j.fn = j.t->mmw_bf16; break;
-    default: j.fn = NULL; break;
-    }
+    j.fn = wide_fn(j.t, wtype);
     if (!j.fn || K <= 0) {
         mg_matmul(pool, o, y, x, w, wtype, M, N, K, work);
         if (ep) {

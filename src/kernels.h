@@ -51,6 +51,16 @@ typedef struct {
 } mg_mm_epilogue;
 void mg_matmul_wide_ep(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x, const void *w,
                        int wtype, int64_t M, int64_t N, int64_t K, void *work, const mg_mm_epilogue *ep);
+/* mg_matmul_wide_ep on operands in place, with row strides in elements: y[m * ldy + n] (and
+ * ep->add_to the same) = the chain over k of x[m * ldx + k] * W(n, k), W(n, k) = w[n * ldw + k],
+ * or with w_kmajor (F32 only: the weights given transposed, as attention's values are)
+ * w[k * ldw + n]. The bits of mg_matmul_wide_ep on the same numbers gathered contiguous. Returns
+ * false, having done nothing, where the selected kernels have no wide product for wtype (AVX2,
+ * quantized types) or w_kmajor is not F32: the caller then gathers for mg_matmul_wide_ep. With
+ * M = 0 it only answers. */
+bool mg_matmul_wide_strided(mg_pool *pool, const mg_kernel_opts *o, float *y, int64_t ldy, const float *x,
+                            int64_t ldx, const void *w, int64_t ldw, bool w_kmajor, int wtype, int64_t M,
+                            int64_t N, int64_t K, const mg_mm_epilogue *ep);
 
 /* Copies row `row` of a weight matrix [N, K] of type wtype into dst as fp32 (embedding lookup). */
 void mg_get_row_f32(const void *w, int wtype, int64_t K, int64_t row, float *dst);

@@ -835,6 +835,19 @@ static void transpose(float *dst, const float *src, int64_t R, int64_t C) {
     }
 
 WIDE_PACK(wide_pack_f32, load_w_f32)
+
+/* The same panel from fp32 weights given k-major (W(n, k) at wt[k * ldw + n]; wt points at column
+ * n0 and ldw is in bytes): a copy of nc floats per k, no transpose. */
+static void wide_pack_f32_km(float *p, const char *wt, size_t ldw, int nc, int64_t k0, int kc) {
+    for (int k = 0; k < kc; k++) {
+        const float *src = (const float *)(const void *)(wt + (size_t)(k0 + k) * ldw);
+        _Pragma("GCC unroll 4") for (int b = 0; b < WNR / 16; b++) {
+            const int c = nc - b * 16;
+            _mm512_store_ps(p + (size_t)k * WNR + b * 16,
+                            c > 0 ? _mm512_maskz_loadu_ps(tail_mask(c), src + b * 16) : _mm512_setzero_ps());
+        }
+    }
+}
 WIDE_PACK(wide_pack_f16, load_w_f16)
 WIDE_PACK(wide_pack_bf16, load_w_bf16)
 
@@ -942,13 +955,16 @@ static void wide_tile_any(float *y, int64_t ldy, const float *x, int64_t ldx, co
     }
 }
 
-#define WIDE_MM(NAME, PACK)                                                                 \
+#define WIDE_MM(NAME, PACK, KMAJOR)                                                                \
     static void NAME(const mg_mm_args *g, int64_t n0, int64_t n1) {                                \
         float p[WKC * WNR] __attribute__((aligned(64)));                                           \
         __m512i lo[4], hi[4];                                                                      \
         tr16_indices(lo, hi);                                                                      \
-        const size_t ldw = mg_row_size(g->wtype, g->K), esz = mg_row_size(g->wtype, 1);            \
-        const int64_t K = g->K, N = g->N;                                                          \
+        const size_t esz = mg_row_size(g->wtype, 1);                                               \
+        const int64_t K = g->K, ldy = g->ldy ? g->ldy : g->N, ldx = g->ldx ? g->ldx : K;           \
+        const bool km = KMAJOR && g->w_kmajor;                                                     \
+        const size_t ldw = g->ldw ? (size_t)g->ldw * esz                                           \
+                                  : km ? (size_t)g->N * esz : mg_row_size(g->wtype, K);            \
         const char *w = g->w;                                                                      \
         for (int64_t nb = n0; nb < n1; nb += WNR) {                                                \
             const int nc = (int)MG_MIN((int64_t)WNR, n1 - nb);                                     \
@@ -957,25 +973,29 @@ static void wide_tile_any(float *y, int64_t ldy, const float *x, int64_t ldx, co
             for (int b = 0; b < WNR / 16; b++) q[b] = nc > b * 16 ? tail_mask(nc - b * 16) : 0;    \
             for (int64_t k0 = 0; k0 < K; k0 += WKC) {                                              \
                 const int kc = (int)MG_MIN((int64_t)WKC, K - k0);                                  \
-                PACK(p, w + (size_t)nb * ldw, ldw, nc, k0, kc, lo, hi);                            \
-                wide_pf pf;                                                                        \
-                wide_pf_next(&pf, w, ldw, esz, nb, n1, k0, kc, K, g->M);                           \
+                wide_pf pf = {0};                                                                  \
+                if (km) {                                                                          \
+                    wide_pack_f32_km(p, w + (size_t)nb * esz, ldw, nc, k0, kc);                    \
+                } else {                                                                           \
+                    PACK(p, w + (size_t)nb * ldw, ldw, nc, k0, kc, lo, hi);                        \
+                    wide_pf_next(&pf, w, ldw, esz, nb, n1, k0, kc, K, g->M);                       \
+                }                                                                                  \
                 const mg_mm_epilogue *ep = k0 + kc >= K ? g->ep : NULL;                            \
                 for (int64_t m = 0; m < g->M; m += WMR) {                                          \
                     wide_ep e;                                                                     \
                     if (ep)                                                                        \
                         e = (wide_ep){ep->bias ? ep->bias + nb : NULL,                             \
-                                      ep->add_to ? ep->add_to + m * N + nb : NULL, ep->gelu};      \
-                    wide_tile_any(g->y + m * N + nb, N, g->x + m * K + k0, K, p, kc, k0 == 0, q,   \
+                                      ep->add_to ? ep->add_to + m * ldy + nb : NULL, ep->gelu};    \
+                    wide_tile_any(g->y + m * ldy + nb, ldy, g->x + m * ldx + k0, ldx, p, kc, k0 == 0, q, \
                                   (int)MG_MIN((int64_t)WMR, g->M - m), B, &pf, ep ? &e : NULL);    \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
     }
 
-WIDE_MM(mmw_f32, wide_pack_f32)
-WIDE_MM(mmw_f16, wide_pack_f16)
-WIDE_MM(mmw_bf16, wide_pack_bf16)
+WIDE_MM(mmw_f32, wide_pack_f32, true)
+WIDE_MM(mmw_f16, wide_pack_f16, false)
+WIDE_MM(mmw_bf16, wide_pack_bf16, false)
 
 /* ==== C += op(A) . B (the trainer's backward products) ==== */
 

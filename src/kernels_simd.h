@@ -19,7 +19,10 @@ typedef struct {
     const void *w;
     int wtype;
     int64_t M, N, K;
-    const mg_mm_epilogue *ep; /* wide kernels only: applied at the last k panel; NULL: none */
+    /* wide kernels only (mg_mm_fn of mmw_*): */
+    const mg_mm_epilogue *ep; /* applied at the last k panel; NULL: none */
+    int64_t ldx, ldy, ldw;    /* row strides in elements of x, y (and ep->add_to), w; 0: K, N, K */
+    bool w_kmajor;            /* F32 only: W(n, k) at w[k * ldw + n] (ldw 0: N) */
 } mg_mm_args;
 
 /* Computes the output columns n in [n0, n1) for all M rows. Each output element's value must not

@@ -16,7 +16,7 @@
 #include <string.h>
 
 /* Query rows per attention work item (a multiple of the 6-row matmul tile). */
-#define ATT_RB 48
+#define ATT_RB 96
 
 struct vision_ws {
     float *base;               /* one allocation holding everything below */
@@ -544,6 +544,7 @@ typedef struct {
     int64_t ldq, ldk, ldv, ldo, Tq, Tk, n_rb;
     int d;
     float scale;
+    bool direct; /* the products read k and v in place (mg_matmul_wide_strided) */
 } att_ctx;
 
 /* Heads [h0, h1): keys and transposed values of each head, contiguous. */
@@ -570,6 +571,14 @@ static void att_rows_task(void *ctx, int64_t i0, int64_t i1, int ith) {
         const int64_t h = it / c->n_rb, r0 = it % c->n_rb * ATT_RB, nr = MG_MIN((int64_t)ATT_RB, c->Tq - r0);
         for (int64_t i = 0; i < nr; i++)
             for (int j = 0; j < d; j++) qb[i * d + j] = c->q[(r0 + i) * c->ldq + h * d + j] * c->scale;
+        if (c->direct) { /* keys as weight rows, values as k-major weights, output in place */
+            mg_matmul_wide_strided(NULL, c->o, sb, c->Tk, qb, d, c->k + h * d, c->ldk, false, MG_TYPE_F32, nr,
+                                   c->Tk, d, NULL);
+            for (int64_t i = 0; i < nr; i++) mg_softmax_simd(sb + i * c->Tk, c->Tk);
+            mg_matmul_wide_strided(NULL, c->o, c->out + r0 * c->ldo + h * d, c->ldo, sb, c->Tk, c->v + h * d,
+                                   c->ldv, true, MG_TYPE_F32, nr, d, c->Tk, NULL);
+            continue;
+        }
         mg_matmul_wide(NULL, c->o, sb, qb, c->ws->att_k + h * c->Tk * d, MG_TYPE_F32, nr, c->Tk, d, NULL);
         for (int64_t i = 0; i < nr; i++) mg_softmax_simd(sb + i * c->Tk, c->Tk);
         mg_matmul_wide(NULL, c->o, ob, sb, c->ws->att_vt + h * c->Tk * d, MG_TYPE_F32, nr, d, c->Tk, NULL);
@@ -578,15 +587,20 @@ static void att_rows_task(void *ctx, int64_t i0, int64_t i1, int ith) {
     }
 }
 
-/* Unmasked multi-head attention. The keys and transposed values of every head are repacked
- * contiguous (threads over heads), then the threads take (head, block of query rows) items, each
- * with its scores in the thread's slot of the workspace (ATT_RB rows: no [Tq, Tk] buffer). Both
- * products are mg_matmul_wide chains, so the bits do not depend on the thread count. */
+/* Unmasked multi-head attention. The threads take (head, block of query rows) items, each with
+ * its scores in the thread's slot of the workspace (ATT_RB rows: no [Tq, Tk] buffer); the products
+ * read every head's keys and values where they are (mg_matmul_wide_strided: the values as k-major
+ * weights), or, where the kernels cannot, from contiguous copies made first (threads over heads).
+ * Both products are mg_matmul_wide chains either way, so the bits depend on neither the path nor
+ * the thread count. */
 void vision_attention(vision_ws *ws, mg_pool *pool, const mg_kernel_opts *o, float *out, const float *q,
                       int64_t ldq, const float *k, int64_t ldk, const float *v, int64_t ldv, int64_t Tq,
                       int64_t Tk, int n_head, int d, float scale) {
-    att_ctx c = {ws, o, out, q, k, v, ldq, ldk, ldv, (int64_t)n_head * d, Tq, Tk, (Tq + ATT_RB - 1) / ATT_RB, d, scale};
-    mg_pool_run(pool, n_head, 1, att_pack_task, &c);
+    att_ctx c = {ws, o, out, q, k, v, ldq, ldk, ldv, (int64_t)n_head * d, Tq, Tk, (Tq + ATT_RB - 1) / ATT_RB,
+                 d, scale, false};
+    /* M = 0: only asks whether the selected kernels can */
+    c.direct = mg_matmul_wide_strided(NULL, o, NULL, 0, NULL, 0, NULL, 0, true, MG_TYPE_F32, 0, 0, 1, NULL);
+    if (!c.direct) mg_pool_run(pool, n_head, 1, att_pack_task, &c);
     /* at most att_slots parts: one slot of scratch each */
     const int64_t items = n_head * c.n_rb;
     mg_pool_run(pool, items, (items + ws->att_slots - 1) / ws->att_slots, att_rows_task, &c);

@@ -236,7 +236,8 @@ TEST(kernels_matmul_all_types_vs_double) {
                     bool have;
                     mg_kernel_table tb = table_for(which, &have);
                     if (!have) continue;
-                    mg_mm_args a = {y, c.x, work, mg_row_size(MG_TYPE_Q8_0, K), c.w, type, M, N, K};
+                    mg_mm_args a = {y, c.x, work,      mg_row_size(MG_TYPE_Q8_0, K), c.w, type, M,
+                                    N, K,   .ep = NULL};
                     if (work)
                         for (int64_t m = 0; m < M; m++)
                             tb.quantize_q8_0(c.x + m * K, (char *)work + (size_t)m * a.xq_stride, K);
@@ -311,7 +312,7 @@ TEST(kernels_matmul_wide) {
                       (long long)N, (long long)K);
             if (have512) {
                 memset(y, 0xff, (size_t)(M * N) * 4);
-                mg_mm_args a = {y, c.x, NULL, 0, c.w, type, M, N, K};
+                mg_mm_args a = {y, c.x, NULL, 0, c.w, type, M, N, K, .ep = NULL};
                 mg_mm_fn fn = type == MG_TYPE_F32 ? t512.mmw_f32 : type == MG_TYPE_F16 ? t512.mmw_f16 : t512.mmw_bf16;
                 const int64_t cut1 = N / 3, cut2 = N - N / 5;
                 fn(&a, 0, cut1);
@@ -382,15 +383,17 @@ TEST(kernels_matmul_wide_epilogue) {
             mm_case c;
             float *plain = malloc(bytes), *y = malloc(bytes), *want = malloc(bytes), *acc0 = malloc(bytes);
             float *acc = malloc(bytes), *bias = malloc((size_t)N * sizeof(float));
-            if (!mm_case_make(&c, type, M, N, K, 300 + si * 3 + ti) || !plain || !y || !want || !acc0 || !acc ||
-                !bias) {
+            if (!mm_case_make(&c, type, M, N, K, 300 + si * 3 + ti) || !plain || !y || !want || !acc0 ||
+                !acc || !bias) {
                 CHECK_MSG(0, "out of memory");
                 mm_case_free(&c);
                 free(plain), free(y), free(want), free(acc0), free(acc), free(bias);
                 return;
             }
-            for (int64_t n = 0; n < N; n++) bias[n] = test_rng_float(&rng);
-            for (int64_t i = 0; i < M * N; i++) acc0[i] = test_rng_float(&rng) * 4.0f;
+            for (int64_t n = 0; n < N; n++)
+                bias[n] = test_rng_float(&rng);
+            for (int64_t i = 0; i < M * N; i++)
+                acc0[i] = test_rng_float(&rng) * 4.0f;
             mg_matmul_wide(NULL, &ref, plain, c.x, c.w, type, M, N, K, NULL);
             for (int variant = 0; variant < 5; variant++) {
                 const mg_mm_epilogue ep = {variant != 3 ? bias : NULL, variant == 1 || variant == 4,
@@ -410,7 +413,7 @@ TEST(kernels_matmul_wide_epilogue) {
                     if (path == 0) {
                         mg_matmul_wide_ep(NULL, &ref, y, c.x, c.w, type, M, N, K, NULL, &ep);
                     } else if (path == 1) {
-                        mg_mm_args a = {y, c.x, NULL, 0, c.w, type, M, N, K, &ep};
+                        mg_mm_args a = {y, c.x, NULL, 0, c.w, type, M, N, K, .ep = &ep};
                         mg_mm_fn fn = type == MG_TYPE_F32 ? t512.mmw_f32 : t512.mmw_f16;
                         const int64_t cut1 = N / 3, cut2 = N - N / 5;
                         fn(&a, 0, cut1);
@@ -444,6 +447,97 @@ TEST(kernels_matmul_wide_epilogue) {
             free(plain), free(y), free(want), free(acc0), free(acc), free(bias);
         }
     CHECK(cases > 0);
+}
+
+/* mg_matmul_wide_strided: operands in place with row strides (and fp32 weights given k-major)
+ * give the bits of mg_matmul_wide_ep on the same numbers gathered contiguous, with and without an
+ * epilogue, through the reference and the selected path on 1-3 threads; the gaps between the
+ * strided output rows stay untouched. Where it cannot (k-major F16, a quantized type) it says so
+ * and writes nothing. */
+TEST(kernels_matmul_wide_strided) {
+    static const struct {
+        int64_t M, N, K;
+    } shapes[] = {{1, 1, 1}, {7, 65, 300}, {48, 257, 88}, {48, 88, 257}, {13, 130, 513}};
+    mg_kernel_opts ref = {true}, sel = {false};
+    uint64_t rng = 11;
+    int cases = 0;
+    for (size_t si = 0; si < MG_ARRAY_LEN(shapes); si++)
+        for (int kind = 0; kind < 3; kind++) { /* F32 row-major, F32 k-major, F16 row-major */
+            const int64_t M = shapes[si].M, N = shapes[si].N, K = shapes[si].K;
+            const bool km = kind == 1;
+            const int type = kind == 2 ? MG_TYPE_F16 : MG_TYPE_F32;
+            const size_t es = kind == 2 ? 2 : 4;
+            const int64_t ldx = K + 5, ldy = N + 3, ldw = km ? N + 9 : K + 7;
+            float *x = malloc((size_t)(M * K) * 4), *xs = malloc((size_t)(M * ldx) * 4);
+            float *w = malloc((size_t)(N * K) * 4), *bias = malloc((size_t)N * 4);
+            float *want = malloc((size_t)(M * N) * 4), *acc = malloc((size_t)(M * N) * 4);
+            float *ys = malloc((size_t)(M * ldy) * 4), *accs = malloc((size_t)(M * ldy) * 4);
+            char *wc = malloc((size_t)(N * K) * es), *wsb = malloc((size_t)(km ? K * ldw : N * ldw) * es);
+            if (!x || !xs || !w || !bias || !want || !acc || !ys || !accs || !wc || !wsb) {
+                CHECK_MSG(0, "out of memory");
+                free(x), free(xs), free(w), free(bias), free(want), free(acc), free(ys), free(accs), free(wc),
+                    free(wsb);
+                return;
+            }
+            for (int64_t i = 0; i < M * K; i++)
+                x[i] = test_rng_float(&rng);
+            for (int64_t i = 0; i < N * K; i++)
+                w[i] = test_rng_float(&rng) * 0.1f;
+            for (int64_t n = 0; n < N; n++)
+                bias[n] = test_rng_float(&rng);
+            for (int64_t m = 0; m < M; m++)
+                memcpy(xs + m * ldx, x + m * K, (size_t)K * 4);
+            for (int64_t n = 0; n < N; n++) {
+                mg_quantize_row(type, w + n * K, wc + (size_t)(n * K) * es, K);
+                for (int64_t k = 0; k < K; k++) {
+                    const size_t at = (size_t)(km ? k * ldw + n : n * ldw + k) * es;
+                    memcpy(wsb + at, wc + (size_t)(n * K + k) * es, es);
+                }
+            }
+            for (int with_ep = 0; with_ep < 2; with_ep++)
+                for (int path = 0; path < 4; path++) { /* ref, then 1-3 threads */
+                    const mg_kernel_opts *o = path == 0 ? &ref : &sel;
+                    mg_mm_epilogue ep = {bias, false, acc}, eps = {bias, false, accs};
+                    for (int64_t i = 0; i < M * N; i++)
+                        acc[i] = (float)(i % 7);
+                    for (int64_t m = 0; m < M; m++)
+                        for (int64_t n = 0; n < ldy; n++)
+                            accs[m * ldy + n] = n < N ? (float)((m * N + n) % 7) : -1.0f;
+                    for (int64_t i = 0; i < M * ldy; i++)
+                        ys[i] = -2.0f;
+                    mg_matmul_wide_ep(NULL, o, want, x, wc, type, M, N, K, NULL, with_ep ? &ep : NULL);
+                    mg_pool *p = NULL;
+                    if (path > 0) CHECK(mg_pool_create(&p, path) == MG_OK);
+                    const bool done = mg_matmul_wide_strided(p, o, ys, ldy, xs, ldx, wsb, ldw, km, type, M, N,
+                                                             K, with_ep ? &eps : NULL);
+                    mg_pool_free(p);
+                    if (!done) { /* only where the selected kernels have no wide product */
+                        CHECK_MSG(path > 0 && strcmp(mg_kernels_isa(), "avx512") != 0, "kind %d refused",
+                                  kind);
+                        continue;
+                    }
+                    const float *got = with_ep ? accs : ys, *exp = with_ep ? acc : want;
+                    int bad = 0, gaps = 0;
+                    for (int64_t m = 0; m < M; m++) {
+                        bad += memcmp(got + m * ldy, exp + m * N, (size_t)N * 4) != 0;
+                        for (int64_t n = N; n < ldy; n++)
+                            gaps += got[m * ldy + n] != (with_ep ? -1.0f : -2.0f);
+                    }
+                    CHECK_MSG(bad == 0 && gaps == 0,
+                              "%lldx%lldx%lld kind %d ep %d path %d: %d rows differ, %d gaps", (long long)M,
+                              (long long)N, (long long)K, kind, with_ep, path, bad, gaps);
+                    cases++;
+                }
+            free(x), free(xs), free(w), free(bias), free(want), free(acc), free(ys), free(accs), free(wc),
+                free(wsb);
+        }
+    CHECK(cases > 0);
+    float y = 7.0f, xv = 1.0f;
+    const mg_fp16 h = mg_fp32_to_fp16(1.0f);
+    CHECK(!mg_matmul_wide_strided(NULL, NULL, &y, 1, &xv, 1, &h, 1, true, MG_TYPE_F16, 1, 1, 1, NULL));
+    char q8[34] = {0};
+    CHECK(!mg_matmul_wide_strided(NULL, NULL, &y, 1, &xv, 32, q8, 1, false, MG_TYPE_Q8_0, 1, 1, 32, NULL));
+    CHECK(y == 7.0f);
 }
 
 /* Same output bits for 1, 2 and 3 threads, for the selected path and the reference; and the
@@ -510,9 +604,9 @@ static bool check_row1_of_3(int type, int64_t N, int64_t K, uint64_t seed) {
                       : type == MG_TYPE_BF16 ? tb.mm_bf16
                       : type == MG_TYPE_Q8_0 ? tb.mm_q8_0
                                              : tb.mm_q4_0;
-        mg_mm_args a3 = {y3, c.x, xq, xs, c.w, type, M, N, K};
+        mg_mm_args a3 = {y3, c.x, xq, xs, c.w, type, M, N, K, .ep = NULL};
         fn(&a3, 0, N);
-        mg_mm_args a1 = {y1, c.x + K, quant ? xq + xs : NULL, xs, c.w, type, 1, N, K};
+        mg_mm_args a1 = {y1, c.x + K, quant ? xq + xs : NULL, xs, c.w, type, 1, N, K, .ep = NULL};
         const int64_t cut1 = N / 3, cut2 = N - N / 4;
         fn(&a1, 0, cut1);
         fn(&a1, cut1, cut2);
