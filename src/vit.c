@@ -5,6 +5,7 @@
  * No layer scale, no relative position bias, no final norm of EVA's own: the output is the
  * residual stream after the last block, normalised by ln_vision. All scratch is in the workspace.
  */
+#include "quant.h"
 #include "vision.h"
 
 #include <math.h>
@@ -24,6 +25,26 @@ static void patchify(const mg_vision *v, const float *img, float *patches) {
                     memcpy(row + ((int64_t)c * P + ky) * P, src, (size_t)P * sizeof(float));
                 }
         }
+}
+
+/* qkv [T, 3E] = x W_qkv^T + (q_bias | 0 | v_bias): three products into the column thirds (row
+ * stride 3E), q and v with their bias as the epilogue; where the kernels cannot write strided
+ * rows (AVX2), one product and two bias passes. The same bits either way. */
+static void vit_qkv(const vit_block *b, vision_ws *ws, mg_pool *pool, const mg_kernel_opts *o, float *qkv,
+                    const float *x, int64_t T, int64_t E) {
+    const size_t third = mg_row_size(b->qkv.type, E) * (size_t)E; /* bytes of E weight rows */
+    const float *bias[3] = {b->q_bias, NULL, b->v_bias};
+    bool done = true;
+    for (int i = 0; i < 3 && done; i++) {
+        const mg_mm_epilogue ep = {bias[i], false, NULL};
+        done = mg_matmul_wide_strided(pool, o, qkv + i * E, 3 * E, x, E, (const char *)b->qkv.data + i * third,
+                                      0, false, b->qkv.type, T, E, E, &ep);
+    }
+    if (done) return;
+    vision_linear l = {b->qkv, NULL};
+    vision_linear_fwd(&l, ws, pool, o, qkv, x, T);
+    vision_add_bias_rows(pool, qkv, 3 * E, b->q_bias, T, E); /* k: no bias */
+    vision_add_bias_rows(pool, qkv + 2 * E, 3 * E, b->v_bias, T, E);
 }
 
 /* Patch embedding, CLS and position embedding, the pre-LN blocks, then ln_vision. */
@@ -48,10 +69,7 @@ void vision_vit_forward(const mg_vision *v, vision_ws *ws, mg_pool *pool, const 
 
         /* attention: x += proj(attn(LN1(x))) */
         vision_layernorm_rows(pool, h, x, &b->ln1, T, E, v->ln_eps);
-        vision_linear qkv = {b->qkv, NULL};
-        vision_linear_fwd(&qkv, ws, pool, o, big, h, T);
-        vision_add_bias_rows(pool, big, 3 * E, b->q_bias, T, E); /* k: no bias */
-        vision_add_bias_rows(pool, big + 2 * E, 3 * E, b->v_bias, T, E);
+        vit_qkv(b, ws, pool, o, big, h, T, E);
         /* q is scaled before q k^T, as eva_vit.py does */
         vision_attention(ws, pool, o, h, big, 3 * E, big + E, 3 * E, big + 2 * E, 3 * E, T, T, v->n_head,
                          v->head_dim, scale);
