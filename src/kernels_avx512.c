@@ -813,7 +813,7 @@ static void transpose(float *dst, const float *src, int64_t R, int64_t C) {
  * accumulator goes through y between k panels unchanged), exactly the reference's chain: the bits
  * depend on nothing but x, w and K. */
 #define WNR 64
-#define WKC 256
+#define WKC 512
 #define WMR 6
 
 /* p[k][c] = W[n0 + c][k0 + k] as fp32 for c < nc, k < kc; zero for c in [nc, WNR). */

@@ -363,8 +363,8 @@ TEST(kernels_matmul_wide) {
 /* mg_matmul_wide_ep: bias, GELU and the residual add applied to each output once its chain is
  * complete give the bits of the separate passes after mg_matmul_wide (computed here: r + bias,
  * mg_gelu_simd, add_to + r), through the reference, the AVX-512 panels called directly on ranges
- * cut off the panel grid, and the dispatcher on 1-3 threads; K > 256 spans several k panels, so an
- * epilogue applied before the last one shows. A quantized type takes the passes after mg_matmul. */
+ * cut off the panel grid, and the dispatcher on 1-3 threads; K = 513 spans two k panels (of 512),
+ * so an epilogue applied before the last one shows. A quantized type takes the passes after mg_matmul. */
 TEST(kernels_matmul_wide_epilogue) {
     static const struct {
         int64_t M, N, K;
