@@ -378,7 +378,7 @@ bool mg_matmul_wide_strided(mg_pool *pool, const mg_kernel_opts *o, float *y, in
     if (ep && !ep->bias && !ep->gelu && !ep->add_to) ep = NULL;
     j.a = (mg_mm_args){.y = y, .x = x, .w = w, .wtype = wtype, .M = M, .N = N, .K = K, .ep = ep,
                        .ldx = ldx, .ldy = ldy, .ldw = ldw, .w_kmajor = w_kmajor};
-    j.tile = 16; /* as mg_matmul_wide_ep */
+    j.tile = 16; /* ranges need not start on a 64-column panel: a short one is masked */
     mm_schedule(pool, &j);
     return true;
 }
@@ -386,22 +386,13 @@ bool mg_matmul_wide_strided(mg_pool *pool, const mg_kernel_opts *o, float *y, in
 void mg_matmul_wide_ep(mg_pool *pool, const mg_kernel_opts *o, float *y, const float *x, const void *w,
                        int wtype, int64_t M, int64_t N, int64_t K, void *work, const mg_mm_epilogue *ep) {
     if (M <= 0 || N <= 0) return;
-    mg_kernels_init();
-    if (ep && !ep->bias && !ep->gelu && !ep->add_to) ep = NULL;
-    mm_job j;
-    j.t = (o && o->use_ref) ? &ref_table : &sel_table;
-    j.a = (mg_mm_args){.y = y, .x = x, .w = w, .wtype = wtype, .M = M, .N = N, .K = K, .ep = ep};
-    j.tile = 16; /* ranges need not start on a 64-column panel: a short one is masked */
-    j.fn = wide_fn(j.t, wtype);
-    if (!j.fn || K <= 0) {
-        mg_matmul(pool, o, y, x, w, wtype, M, N, K, work);
-        if (ep) {
-            ep_job e = {y, N, ep};
-            mg_pool_run(pool, M, 4, ep_task, &e);
-        }
-        return;
+    if (mg_matmul_wide_strided(pool, o, y, 0, x, 0, w, 0, false, wtype, M, N, K, ep)) return;
+    /* no wide kernel for this type or variant: mg_matmul, then the epilogue as passes */
+    mg_matmul(pool, o, y, x, w, wtype, M, N, K, work);
+    if (ep && (ep->bias || ep->gelu || ep->add_to)) {
+        ep_job e = {y, N, ep};
+        mg_pool_run(pool, M, 4, ep_task, &e);
     }
-    mm_schedule(pool, &j);
 }
 
 /* Blocks of C for mg_gemm_acc: GEMM_MB rows (a multiple of the 6-row tile) x GEMM_NB columns. */

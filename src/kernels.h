@@ -82,8 +82,8 @@ void mg_attn_scores(float *s, const float *q, const float *k, int64_t stride, in
 void mg_attn_values(float *o, const float *p, const float *v, int64_t stride, int64_t n, int d);
 
 /* SIMD versions of mg_rmsnorm, mg_layernorm, mg_softmax, mg_silu and mg_gelu (same arguments
- * and semantics, the selected kernel path): exp and erf are polynomials instead of libm's, sums are still in
- * double. They differ from the scalar functions by a few ulp (docs/numerics.md). */
+ * and semantics, the selected kernel path): exp and erf are polynomials instead of libm's, sums
+ * are still in double. They differ from the scalar functions by a few ulp (docs/numerics.md). */
 void mg_rmsnorm_simd(float *out, const float *x, const float *weight, int64_t n, float eps);
 void mg_layernorm_simd(float *out, const float *x, const float *weight, const float *bias, int64_t n,
                        float eps);

@@ -360,6 +360,19 @@ TEST(kernels_matmul_wide) {
     free(a), free(b);
 }
 
+/* The epilogue as the separate passes after a finished product p (the expected bits): r + bias,
+ * mg_gelu_simd, add_to + r. */
+static void ep_passes(float *want, const float *p, const float *acc0, const float *bias, const mg_mm_epilogue *ep,
+                      int64_t M, int64_t N) {
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            float r = p[m * N + n];
+            if (ep->bias) r += bias[n];
+            if (ep->gelu) mg_gelu_simd(&r, 1);
+            want[m * N + n] = ep->add_to ? acc0[m * N + n] + r : r;
+        }
+}
+
 /* mg_matmul_wide_ep: bias, GELU and the residual add applied to each output once its chain is
  * complete give the bits of the separate passes after mg_matmul_wide (computed here: r + bias,
  * mg_gelu_simd, add_to + r), through the reference, the AVX-512 panels called directly on ranges
@@ -382,29 +395,25 @@ TEST(kernels_matmul_wide_epilogue) {
             const size_t bytes = (size_t)(M * N) * sizeof(float);
             mm_case c;
             float *plain = malloc(bytes), *y = malloc(bytes), *want = malloc(bytes), *acc0 = malloc(bytes);
-            float *acc = malloc(bytes), *bias = malloc((size_t)N * sizeof(float));
+            float *acc = malloc(bytes), *bias = malloc((size_t)N * sizeof(float)), *plain_sel = malloc(bytes);
             if (!mm_case_make(&c, type, M, N, K, 300 + si * 3 + ti) || !plain || !y || !want || !acc0 ||
-                !acc || !bias) {
+                !acc || !bias || !plain_sel) {
                 CHECK_MSG(0, "out of memory");
                 mm_case_free(&c);
-                free(plain), free(y), free(want), free(acc0), free(acc), free(bias);
+                free(plain), free(y), free(want), free(acc0), free(acc), free(bias), free(plain_sel);
                 return;
             }
             for (int64_t n = 0; n < N; n++)
                 bias[n] = test_rng_float(&rng);
             for (int64_t i = 0; i < M * N; i++)
                 acc0[i] = test_rng_float(&rng) * 4.0f;
+            /* the product each path's epilogue follows: the wide chains (reference bits) for float
+             * weights; for Q8_0 the reference's and the selected kernels' mg_matmul */
             mg_matmul_wide(NULL, &ref, plain, c.x, c.w, type, M, N, K, NULL);
+            mg_matmul_wide(NULL, &sel, plain_sel, c.x, c.w, type, M, N, K, NULL);
             for (int variant = 0; variant < 5; variant++) {
                 const mg_mm_epilogue ep = {variant != 3 ? bias : NULL, variant == 1 || variant == 4,
                                            variant >= 2 ? acc : NULL};
-                for (int64_t m = 0; m < M; m++)
-                    for (int64_t n = 0; n < N; n++) {
-                        float r = plain[m * N + n];
-                        if (ep.bias) r += bias[n];
-                        if (ep.gelu) mg_gelu_simd(&r, 1);
-                        want[m * N + n] = ep.add_to ? acc0[m * N + n] + r : r;
-                    }
                 const float *got = ep.add_to ? acc : y;
                 for (int path = 0; path < 5; path++) {
                     if (path == 1 && (!have512 || type == MG_TYPE_Q8_0)) continue;
@@ -425,26 +434,14 @@ TEST(kernels_matmul_wide_epilogue) {
                         mg_matmul_wide_ep(p, &sel, y, c.x, c.w, type, M, N, K, NULL, &ep);
                         mg_pool_free(p);
                     }
-                    if (type == MG_TYPE_Q8_0 && path >= 2) { /* mg_matmul's bits, then the passes */
-                        float *q = malloc(bytes);
-                        if (!q) continue;
-                        mg_matmul(NULL, &sel, q, c.x, c.w, type, M, N, K, NULL);
-                        for (int64_t m = 0; m < M; m++)
-                            for (int64_t n = 0; n < N; n++) {
-                                float r = q[m * N + n];
-                                if (ep.bias) r += bias[n];
-                                if (ep.gelu) mg_gelu_simd(&r, 1);
-                                want[m * N + n] = ep.add_to ? acc0[m * N + n] + r : r;
-                            }
-                        free(q);
-                    }
+                    ep_passes(want, path == 0 ? plain : plain_sel, acc0, bias, &ep, M, N);
                     CHECK_MSG(memcmp(got, want, bytes) == 0, "%s %lldx%lldx%lld epilogue %d path %d",
                               mg_type_name(type), (long long)M, (long long)N, (long long)K, variant, path);
                     cases++;
                 }
             }
             mm_case_free(&c);
-            free(plain), free(y), free(want), free(acc0), free(acc), free(bias);
+            free(plain), free(y), free(want), free(acc0), free(acc), free(bias), free(plain_sel);
         }
     CHECK(cases > 0);
 }
