@@ -405,14 +405,15 @@ tr_config tr_config_tiny(void) {
     return c;
 }
 
-/* "proj" | "proj+llm" | "all". */
+/* "proj" | "llm" | "proj+llm" | "all" | "vision-aux". */
 mg_status tr_parse_mode(const char *s, int *mask, char *err, size_t err_len) {
     if (s && strcmp(s, "proj") == 0) *mask = TR_GROUP_PROJ;
+    else if (s && strcmp(s, "llm") == 0) *mask = TR_GROUP_LLM;
     else if (s && strcmp(s, "proj+llm") == 0) *mask = TR_GROUP_PROJ | TR_GROUP_LLM;
     else if (s && strcmp(s, "all") == 0) *mask = TR_GROUP_VISION | TR_GROUP_PROJ | TR_GROUP_LLM;
     else if (s && strcmp(s, "vision-aux") == 0) *mask = TR_GROUP_VISION | TR_AUX_ONLY;
     else return mg_err(err, err_len, MG_ERR_INVALID_ARG,
-                       "unknown training mode '%s' (proj, proj+llm, all, vision-aux)", s ? s : "(null)");
+                       "unknown training mode '%s' (proj, llm, proj+llm, all, vision-aux)", s ? s : "(null)");
     return MG_OK;
 }
 

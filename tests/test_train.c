@@ -620,6 +620,46 @@ TEST(train_resume_bit_identical) {
     tr_model_free(a);
 }
 
+/* --train llm: the language model learns, the projection and the tower stay as they are (the
+ * projection frozen at its start keeps the tower's colour directions in the image rows). */
+TEST(train_llm_mode) {
+    char err[256];
+    static example_buf b;
+    make_example(&b, 12);
+    tr_model *m = make_model(33, 2);
+    CHECK(m != NULL);
+    if (!m) return;
+    CHECK(tr_parse_mode("llm", &m->train_mask, err, sizeof err) == MG_OK);
+    CHECK(m->train_mask == TR_GROUP_LLM);
+    float *before = malloc((size_t)m->n_params * sizeof(float));
+    memcpy(before, m->params, (size_t)m->n_params * sizeof(float));
+    tr_opt o = tr_opt_default();
+    train_steps(m, &b.ex, &o, 3);
+    int learned = 0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const tr_tensor *t = &m->tensors[i];
+        bool same = memcmp(before + t->off, m->params + t->off, (size_t)t->n * sizeof(float)) == 0;
+        if (t->group == TR_GROUP_LLM) learned += !same;
+        else CHECK_MSG(same, "%s must stay bit-identical", t->name);
+    }
+    CHECK_MSG(learned >= 5, "only %d language-model tensors learned", learned);
+    /* the language model's gradient is the same as in a full backward */
+    tr_model *f = make_model(33, 2);
+    if (f) {
+        float l;
+        memcpy(f->params, m->params, (size_t)m->n_params * sizeof(float));
+        tr_zero_grad(m);
+        tr_zero_grad(f);
+        CHECK(tr_forward_backward(m, &b.ex, true, 1.0f, &l, err, sizeof err) == MG_OK);
+        CHECK(tr_forward_backward(f, &b.ex, true, 1.0f, &l, err, sizeof err) == MG_OK);
+        const tr_tensor *wq = &m->tensors[tr_find_tensor(m, "blk.0.attn_q.weight")];
+        CHECK(memcmp(m->grads + wq->off, f->grads + wq->off, (size_t)wq->n * sizeof(float)) == 0);
+    }
+    tr_model_free(f);
+    free(before);
+    tr_model_free(m);
+}
+
 TEST(train_proj_mode) {
     char err[256];
     static example_buf b;
