@@ -4,7 +4,7 @@
 #   make asan       the suite under AddressSanitizer + UBSan (quick mode: heavy tests shrink)
 #   make fuzz       builds the libFuzzer targets with clang and runs each for FUZZ_SECONDS
 #   make demo       runs the embedded demo model
-#   make train-demo retrains models/demo.gguf from scratch (about 50 min on 2 cores)
+#   make train-demo retrains models/demo.gguf from scratch (about 54 min on 2 cores)
 #   make bench-kernels  checks then times the matmul kernels (ARGS="-t 1 q4_0 1 4096 4096")
 #   make help       this list
 # BUILD=dir puts objects elsewhere (several builds can coexist); WERROR=1 adds -Werror (CI).

@@ -333,7 +333,7 @@ TEST(demo_model_refer) {
     CHECK(mg_sampler_create(&smp, &sp, mg_model_n_vocab(m)) == MG_OK);
     world_example *ex = malloc(sizeof *ex * WORLD_MAX_EXAMPLES);
     int asked = 0, hits = 0;
-    world_opts wo; /* the demo model's one-object world (stage 11 of scripts/train_demo.sh) */
+    world_opts wo; /* the demo model's one-object world (stage 12 of scripts/train_demo.sh) */
     CHECK(world_opts_parse(WORLD_DEMO_SCENE, &wo, err, sizeof err) == MG_OK);
     for (uint64_t k = 0; vl && smp && ex && asked < 10 && k < 40; k++) {
         world_scene sc;
