@@ -17,61 +17,11 @@ written by `minigpt synth --eval` it runs `minigpt run --dump` on each image and
 Usage: scripts/research/row_probe.py MODEL.gguf EVAL_DIR [--n 600] [--attn 30] [--bin build/minigpt]
 Only F32 GGUF files (the trainer's exports) are read.
 """
-import argparse, json, os, struct, subprocess, sys, tempfile
+import argparse, json, os, subprocess, sys, tempfile
 import numpy as np
 
-
-def read_gguf(path):
-    """Metadata and F32 tensors of a GGUF file (numpy arrays in ggml's reversed dimension order)."""
-    b = open(path, 'rb').read()
-    pos = 0
-
-    def take(fmt):
-        nonlocal pos
-        v = struct.unpack_from('<' + fmt, b, pos)
-        pos += struct.calcsize('<' + fmt)
-        return v[0]
-
-    def text():
-        nonlocal pos
-        n = take('Q')
-        v = b[pos:pos + n].decode()
-        pos += n
-        return v
-
-    scalar = {0: 'B', 1: 'b', 2: 'H', 3: 'h', 4: 'I', 5: 'i', 6: 'f', 7: '?', 10: 'Q', 11: 'q', 12: 'd'}
-
-    def value(t):
-        if t == 8:
-            return text()
-        if t == 9:
-            et, n = take('I'), take('Q')
-            return [value(et) for _ in range(n)]
-        return take(scalar[t])
-
-    if b[:4] != b'GGUF':
-        sys.exit(f'{path}: not a GGUF file')
-    pos = 4
-    take('I')
-    n_tensors, n_kv = take('Q'), take('Q')
-    kv = {}
-    for _ in range(n_kv):
-        k = text()
-        kv[k] = value(take('I'))
-    infos = []
-    for _ in range(n_tensors):
-        name = text()
-        dims = [take('Q') for _ in range(take('I'))]
-        typ, off = take('I'), take('Q')
-        infos.append((name, dims, typ, off))
-    align = kv.get('general.alignment', 32)
-    base = (pos + align - 1) // align * align
-    tensors = {}
-    for name, dims, typ, off in infos:
-        if typ != 0:
-            sys.exit(f'{path}: tensor {name} is not F32 (type {typ})')
-        tensors[name] = np.frombuffer(b, np.float32, int(np.prod(dims)), base + off).reshape(list(reversed(dims)))
-    return kv, tensors
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'tests', 'ref'))
+from train_ref import read_gguf  # noqa: E402  (the tests' GGUF reader: F32 tensors only)
 
 
 def ridge_probe(X, labels, lam=1.0):
