@@ -17,7 +17,7 @@ written by `minigpt synth --eval` it runs `minigpt run --dump` on each image and
 Usage: scripts/research/row_probe.py MODEL.gguf EVAL_DIR [--n 600] [--attn 30] [--bin build/minigpt]
 Only F32 GGUF files (the trainer's exports) are read.
 """
-import argparse, json, os, subprocess, sys, tempfile
+import argparse, json, os, shutil, subprocess, sys, tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'tests', 'ref'))
@@ -40,7 +40,7 @@ def nearest_mean(X, labels):
     X = X / np.sqrt((X * X).mean(1, keepdims=True))
     lab = np.array(labels)
     n = len(X) * 2 // 3
-    classes = sorted(set(labels))
+    classes = sorted(set(labels[:n]))  # the classes the training part has
     M = np.array([X[:n][lab[:n] == c].mean(0) for c in classes])
     pred = np.argmin(((X[n:, None, :] - M[None]) ** 2).sum(-1), 1)
     return 100.0 * (np.array(classes)[pred] == lab[n:]).mean()
@@ -105,7 +105,7 @@ def main():
     G = S // P
     items = [it for it in json.load(open(os.path.join(a.eval_dir, 'identify_gt.json')))['items']
              if len(it['objects']) == 1][:a.n]
-    tmp = tempfile.mkdtemp(prefix='row_probe.')
+    tmp = tempfile.mkdtemp(prefix='row_probe.')  # the dumps, removed at the end
     prompt = '[caption] Provide a concise depiction of this image.'
     V, R, C, Sh = [], [], [], []
     llm = Llama(kv, T) if a.attn else None
@@ -141,6 +141,7 @@ def main():
                 return z[tok] / z.sum()
             stats.append((prob(cpos, ans[1]), prob(cpos + 1, ans[2]),
                           [(l[:, cpos, img].sum(1), l[:, cpos, obj].sum(1)) for l in att]))
+    shutil.rmtree(tmp)
     print(f'{a.model}: {len(items)} one-object scenes')
     print(f'  linear probe, tower patch:   colour {ridge_probe(V, C):5.1f}%  shape {ridge_probe(V, Sh):5.1f}%')
     print(f'  linear probe, image row:     colour {ridge_probe(R, C):5.1f}%  shape {ridge_probe(R, Sh):5.1f}%')
