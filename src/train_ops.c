@@ -56,6 +56,24 @@ void tr_linear_bwd(mg_pool *pool, float *dx, float *dW, float *db, const float *
     if (db) mg_pool_run(pool, N, 64, lin_bwd_db_task, &c);
 }
 
+/* LoRA branch: two thin products and a scaled add (see train_ops.h). */
+void tr_lora_fwd(mg_pool *pool, float *y, float *tmp, float *u, const float *x, const float *A, const float *B,
+                 int64_t M, int64_t N, int64_t K, int64_t R, float scale) {
+    tr_linear_fwd(pool, u, x, A, NULL, M, R, K);
+    tr_linear_fwd(pool, tmp, u, B, NULL, M, N, R);
+    for (int64_t i = 0; i < M * N; i++) y[i] += scale * tmp[i];
+}
+
+/* Backward of tr_lora_fwd through the two products' backward (see train_ops.h). */
+void tr_lora_bwd(mg_pool *pool, float *dx, float *dA, float *dB, const float *dy, const float *x, const float *u,
+                 const float *A, const float *B, float *dz, float *du, int64_t M, int64_t N, int64_t K, int64_t R,
+                 float scale) {
+    for (int64_t i = 0; i < M * N; i++) dz[i] = scale * dy[i];
+    memset(du, 0, (size_t)(M * R) * sizeof(float));
+    tr_linear_bwd(pool, du, dB, NULL, dz, u, B, M, N, R);
+    if (dx || dA) tr_linear_bwd(pool, dx, dA, NULL, du, x, A, M, R, K);
+}
+
 /* ==== Normalisations ==== */
 
 /* LayerNorm forward; mean and variance (biased, as PyTorch) accumulated in double. */

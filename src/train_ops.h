@@ -25,6 +25,17 @@ void tr_linear_fwd(mg_pool *pool, float *y, const float *x, const float *W, cons
 void tr_linear_bwd(mg_pool *pool, float *dx, float *dW, float *db, const float *dy, const float *x,
                    const float *W, int64_t M, int64_t N, int64_t K);
 
+/* LoRA branch of a linear layer (adapters A[R, K], B[N, R]): y[M, N] += scale * (x A^T) B^T.
+ * Keeps u[M, R] = x A^T for the backward; tmp[M, N] is scratch. */
+void tr_lora_fwd(mg_pool *pool, float *y, float *tmp, float *u, const float *x, const float *A, const float *B,
+                 int64_t M, int64_t N, int64_t K, int64_t R, float scale);
+/* Its backward from dy[M, N]: with dz = scale * dy and du = dz B, dx[M, K] += du A,
+ * dA[R, K] += du^T x, dB[N, R] += dz^T u (dx, dA, dB may be NULL). dz[M, N] and du[M, R] are
+ * scratch (overwritten). */
+void tr_lora_bwd(mg_pool *pool, float *dx, float *dA, float *dB, const float *dy, const float *x, const float *u,
+                 const float *A, const float *B, float *dz, float *du, int64_t M, int64_t N, int64_t K, int64_t R,
+                 float scale);
+
 /* ==== Normalisations (per row of C features) ==== */
 
 /* out[M, C] = (x - mean) * rstd * w + b; caches mean[M], rstd[M]. */

@@ -68,7 +68,7 @@ static const char *ops_dir(void) {
 /* ==== the op table shared by the torch and finite-difference tests ==== */
 
 enum { OP_LINEAR, OP_LAYERNORM, OP_RMSNORM, OP_GELU, OP_SILU, OP_SWIGLU, OP_SOFTMAX, OP_ATTN_LLM, OP_ATTN_VIT,
-       OP_QKV, OP_PATCH, OP_CLSPOS, OP_MERGE4, OP_EMBED, OP_COUNT };
+       OP_QKV, OP_PATCH, OP_CLSPOS, OP_MERGE4, OP_EMBED, OP_LORA, OP_COUNT };
 
 typedef struct {
     const char *name;
@@ -94,6 +94,7 @@ static const op_desc OPS[OP_COUNT] = {
     {"clspos", 3, {"patch", "cls", "pos"}, {24, 3, 27}, {1, 1, 1}, 27},
     {"merge4", 1, {"x"}, {27}, {1}, 24},
     {"embed", 1, {"table"}, {24}, {1}, 20},
+    {"lora", 4, {"x", "W", "A", "B"}, {45, 63, 27, 21}, {1, 1, 1, 1}, 35},
 };
 
 static const int32_t EMBED_IDS[5] = {3, 0, 3, 5, 1};
@@ -145,6 +146,10 @@ static void op_forward(int op, float *const *in, float *y, op_scratch *s) {
     case OP_CLSPOS: tr_cls_pos_fwd(y, in[0], in[1], in[2], 8, 3); break;
     case OP_MERGE4: tr_merge4_fwd(y, in[0], 8, 3); break;
     case OP_EMBED: tr_embed_fwd(y, in[0], EMBED_IDS, 5, 4); break;
+    case OP_LORA: /* x[5, 9] W[7, 9]^T + 1.5 (x A[3, 9]^T) B[7, 3]^T; s->b keeps x A^T */
+        tr_linear_fwd(NULL, y, in[0], in[1], NULL, 5, 7, 9);
+        tr_lora_fwd(NULL, y, s->a, s->b, in[0], in[2], in[3], 5, 7, 9, 3, 1.5f);
+        break;
     }
 }
 
@@ -182,6 +187,10 @@ static void op_backward(int op, float *const *in, const float *dy, float **din, 
     case OP_CLSPOS: tr_cls_pos_bwd(din[0], din[1], din[2], dy, 8, 3); break;
     case OP_MERGE4: tr_merge4_bwd(din[0], dy, 8, 3); break;
     case OP_EMBED: tr_embed_bwd(din[0], dy, EMBED_IDS, 5, 4); break;
+    case OP_LORA:
+        tr_linear_bwd(NULL, din[0], din[1], NULL, dy, in[0], in[1], 5, 7, 9);
+        tr_lora_bwd(NULL, din[0], din[2], din[3], dy, in[0], s->b, in[2], in[3], s->c, s->d, 5, 7, 9, 3, 1.5f);
+        break;
     }
 }
 

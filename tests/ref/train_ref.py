@@ -100,6 +100,9 @@ def ops(out):
         save(out, f"{name}_y", y.detach().numpy())
 
     run("linear", lambda x, W, b: x @ W.T + b, {"x": R(5, 9), "W": R(7, 9), "b": R(7)})
+    # linear layer with a rank-3 LoRA branch, scale 1.5: x W^T + 1.5 (x A^T) B^T
+    run("lora", lambda x, W, A, B: x @ W.T + 1.5 * ((x @ A.T) @ B.T),
+        {"x": R(5, 9), "W": R(7, 9), "A": R(3, 9), "B": R(7, 3)})
     run("layernorm", lambda x, w, b: Fn.layer_norm(x, (12,), w, b, 1e-6),
         {"x": R(4, 12) * 3 + 1, "w": R(12), "b": R(12)})
     run("rmsnorm", lambda x, w: rmsnorm(x, w, 1e-5), {"x": R(4, 12), "w": R(12)})
