@@ -187,6 +187,16 @@ mg_status mg_model_open_llm(mg_model **out, const char *path, const char *llm_pa
                     (int)MG_MIN(arch.len, 64), arch.ptr);
         goto fail;
     }
+    /* A `minigpt train` checkpoint with LoRA adapters: its attn_q / attn_v alone are not the model */
+    for (int64_t i = 0; i < gguf_n_tensors(m->gf); i++) {
+        const gguf_tensor *t = gguf_tensor_at(m->gf, i);
+        if (t->name.len > 5 && memcmp(t->name.ptr, "lora.", 5) == 0) {
+            st = mg_err(err, err_len, MG_ERR_UNSUPPORTED,
+                        "%s holds unmerged LoRA adapters (a `minigpt train` checkpoint): run the model "
+                        "`minigpt train -o` exports, which has them merged (docs/TRAINING.md, LoRA)", path);
+            goto fail;
+        }
+    }
     const gguf_file *lf = m->gf;
     if (llm_path) {
         if (m->arch == MG_ARCH_LLAMA) {

@@ -38,6 +38,8 @@ typedef struct {
     float *ffn_norm;        /* [d] */
     float *gate, *up;       /* [F, d] */
     float *down;            /* [d, F] */
+    float *lqa, *lqb;       /* LoRA on q: A [r, d], B [H*hd, r] (lora_rank > 0) */
+    float *lva, *lvb;       /* LoRA on v: A [r, d], B [Hkv*hd, r] */
 } llm_w;
 
 /* Pointers of every tensor into one flat array (parameters or gradients). */
@@ -149,10 +151,22 @@ static void walk(walker *k, tr_w *w) {
         tensor(k, &w->mask_w, "aux.patch_mask.weight", V, true, E, c->aux_mask);
         tensor(k, &w->mask_b, "aux.patch_mask.bias", V, false, c->aux_mask, 1);
     }
+    /* last, so that the tensors (and offsets) of a model without adapters are unchanged */
+    for (int i = 0; c->lora_rank > 0 && i < c->n_layer; i++) {
+        llm_w *b = w != &dummy ? &w->lb[i] : &ld;
+        const int64_t r = c->lora_rank, LR = TR_GROUP_LORA;
+#define RT(f, s, a, bb) (snprintf(nm, sizeof nm, "lora.blk.%d.%s", i, s), tensor(k, &b->f, nm, LR, true, a, bb))
+        RT(lqa, "attn_q.a", d, r);
+        RT(lqb, "attn_q.b", r, qd);
+        RT(lva, "attn_v.a", d, r);
+        RT(lvb, "attn_v.b", r, kvd);
+#undef RT
+    }
 }
 
 static int count_tensors(const tr_config *c) {
-    return 4 + 13 * c->v_layer + 5 + 9 * c->n_layer + 2 + (c->aux_classes > 0 ? 2 : 0) + (c->aux_mask > 0 ? 2 : 0);
+    return 4 + 13 * c->v_layer + 5 + 9 * c->n_layer + 2 + (c->aux_classes > 0 ? 2 : 0) + (c->aux_mask > 0 ? 2 : 0) +
+           (c->lora_rank > 0 ? 4 * c->n_layer : 0);
 }
 
 /* Views of base (parameters or gradients) for the groups in mask; w->vb / w->lb must be allocated. */
@@ -183,6 +197,7 @@ typedef struct {
     float *xmid;            /* [L, d] */
     float *n2, *r2;         /* [L, d], [L] */
     float *gate, *up, *h;   /* [L, F] */
+    float *uq, *uv;         /* [L, r] A x of the LoRA adapters on q and v (lora_rank > 0) */
 } llm_cache;
 
 struct tr_cache {
@@ -229,6 +244,9 @@ struct tr_cache {
     int32_t *aux_tgt;       /* [Np] */
     int32_t *aux_tgt2;      /* [Np] the colour targets of a split head */
     float *mask_logits, *mask_dlogits; /* [Np, P*P] */
+    /* LoRA (lora_rank > 0) */
+    float *lora_tmp;        /* [L, qd] B (A x) in the forward, scale * dy in the backward */
+    float *lora_du;         /* [L, r] */
 };
 
 /* Hands out consecutive 64-byte aligned slices of an arena (counting only when base is NULL). */
@@ -301,6 +319,14 @@ static void layout_cache(const tr_config *c, tr_cache *ch, carver *cv, int L) {
     ch->aux_mask = (uint8_t *)carve(cv, Np);
     ch->aux_tgt = (int32_t *)carve(cv, Np);
     ch->aux_tgt2 = (int32_t *)carve(cv, Np);
+    /* last, so that a model without adapters keeps its layout */
+    const size_t R = (size_t)MG_MAX(c->lora_rank, 0);
+    for (int i = 0; i < c->n_layer; i++) {
+        ch->lc[i].uq = carve(cv, Ls * R);
+        ch->lc[i].uv = carve(cv, Ls * R);
+    }
+    ch->lora_tmp = carve(cv, R ? Ls * qd : 0);
+    ch->lora_du = carve(cv, Ls * R);
 }
 
 /* Makes sure the cache holds sequences of L rows. */
@@ -387,6 +413,19 @@ static mg_status check_config(const tr_config *c, char *err, size_t err_len) {
     if (c->aux_mask != 0 && c->aux_mask != c->patch_size * c->patch_size)
         return mg_err(err, err_len, MG_ERR_INVALID_ARG, "train: aux_mask %d must be 0 or patch_size^2 (%d)",
                       c->aux_mask, c->patch_size * c->patch_size);
+    if (c->lora_rank != 0) {
+        /* A is [r, d], B [H*hd, r] or [Hkv*hd, r]: the rank cannot exceed the smallest side */
+        const int kvd = c->n_head_kv * (c->n_embd / c->n_head), lim = MG_MIN(c->n_embd, kvd);
+        if (c->lora_rank < 1 || c->lora_rank > lim)
+            return mg_err(err, err_len, MG_ERR_INVALID_ARG,
+                          "train: LoRA rank %d not in [1, %d] (the q/v matrices are %d wide, k/v %d rows)",
+                          c->lora_rank, lim, c->n_embd, kvd);
+        if (!(c->lora_alpha > 0.0f) || !isfinite(c->lora_alpha))
+            return mg_err(err, err_len, MG_ERR_INVALID_ARG, "train: LoRA alpha %g must be positive",
+                          (double)c->lora_alpha);
+        if (c->n_layer < 1)
+            return mg_err(err, err_len, MG_ERR_INVALID_ARG, "train: LoRA needs at least one decoder layer");
+    }
     return MG_OK;
 }
 
@@ -405,15 +444,18 @@ tr_config tr_config_tiny(void) {
     return c;
 }
 
-/* "proj" | "llm" | "proj+llm" | "all" | "vision-aux". */
+/* "proj" | "llm" | "proj+llm" | "all" | "vision-aux" | "lora" | "proj+lora". */
 mg_status tr_parse_mode(const char *s, int *mask, char *err, size_t err_len) {
     if (s && strcmp(s, "proj") == 0) *mask = TR_GROUP_PROJ;
     else if (s && strcmp(s, "llm") == 0) *mask = TR_GROUP_LLM;
     else if (s && strcmp(s, "proj+llm") == 0) *mask = TR_GROUP_PROJ | TR_GROUP_LLM;
     else if (s && strcmp(s, "all") == 0) *mask = TR_GROUP_VISION | TR_GROUP_PROJ | TR_GROUP_LLM;
     else if (s && strcmp(s, "vision-aux") == 0) *mask = TR_GROUP_VISION | TR_AUX_ONLY;
+    else if (s && strcmp(s, "lora") == 0) *mask = TR_GROUP_LORA;
+    else if (s && strcmp(s, "proj+lora") == 0) *mask = TR_GROUP_PROJ | TR_GROUP_LORA;
     else return mg_err(err, err_len, MG_ERR_INVALID_ARG,
-                       "unknown training mode '%s' (proj, llm, proj+llm, all, vision-aux)", s ? s : "(null)");
+                       "unknown training mode '%s' (proj, llm, proj+llm, all, vision-aux, lora, proj+lora)",
+                       s ? s : "(null)");
     return MG_OK;
 }
 
@@ -468,6 +510,23 @@ nomem:
     return mg_err(err, err_len, MG_ERR_NOMEM, "train: no memory for the model");
 }
 
+/* The adapters' start (tr_lora_attach): A kaiming-uniform, B 0, moments 0. The generator is
+ * derived from seed apart from the base weights' one, so those do not depend on the adapters. */
+static void lora_init(tr_model *m, uint64_t seed) {
+    uint64_t s = seed ^ 0x4C6F5241A5A5A5A5ull; /* "LoRA" */
+    for (int i = 0; i < m->n_tensors; i++) {
+        const tr_tensor *t = &m->tensors[i];
+        if (t->group != TR_GROUP_LORA) continue;
+        float *p = m->params + t->off;
+        const size_t nl = strlen(t->name);
+        const bool is_a = nl > 2 && strcmp(t->name + nl - 2, ".a") == 0;
+        const double bound = 1.0 / sqrt((double)t->ne[0]); /* A: ne[0] = d (fan-in) */
+        for (int64_t j = 0; j < t->n; j++) p[j] = is_a ? (float)((2.0 * rng_uniform(&s) - 1.0) * bound) : 0.0f;
+        memset(m->adam_m + t->off, 0, (size_t)t->n * sizeof(float));
+        memset(m->adam_v + t->off, 0, (size_t)t->n * sizeof(float));
+    }
+}
+
 /* Allocates and initialises (see train.h). */
 mg_status tr_model_create(tr_model **out, const tr_config *cfg, uint64_t seed, int n_threads, char *err,
                           size_t err_len) {
@@ -479,6 +538,7 @@ mg_status tr_model_create(tr_model **out, const tr_config *cfg, uint64_t seed, i
     uint64_t s = seed;
     for (int i = 0; i < m->n_tensors; i++) {
         const tr_tensor *t = &m->tensors[i];
+        if (t->group == TR_GROUP_LORA) continue; /* last in the table; lora_init below */
         float *p = m->params + t->off;
         const bool is_w = strstr(t->name, "ln") || strstr(t->name, "norm");
         const bool is_bias = strstr(t->name, ".bias") != NULL;
@@ -508,6 +568,7 @@ mg_status tr_model_create(tr_model **out, const tr_config *cfg, uint64_t seed, i
             for (int e = 4 * Q; e < E; e++) row[e] = 0.0f;
         }
     }
+    if (cfg->lora_rank > 0) lora_init(m, seed);
     *out = m;
     return MG_OK;
 }
@@ -754,6 +815,8 @@ static const float *aux_heads_bwd(tr_model *m, tr_cache *ch, mg_pool *pool, cons
 static mg_status fb_one(tr_model *m, tr_cache *ch, mg_pool *pool, float *grads, const tr_example *ex,
                         bool backward, float scale, float *loss, char *err, size_t err_len) {
     int L;
+    if (backward && (m->train_mask & TR_GROUP_LORA) && m->cfg.lora_rank <= 0)
+        return mg_err(err, err_len, MG_ERR_INVALID_ARG, "train: a LoRA mode on a model without adapters");
     mg_status st = build_rows(m, ch, ex, &L, err, err_len);
     if (st != MG_OK) return st;
     const tr_config *c = &m->cfg;
@@ -761,7 +824,8 @@ static mg_status fb_one(tr_model *m, tr_cache *ch, mg_pool *pool, float *grads, 
     bind(m, &W, m->params, ~0);
     bind(m, &D, grads, m->train_mask);
     const int64_t d = c->n_embd, hd = d / c->n_head, qd = c->n_head * hd, kvd = c->n_head_kv * hd, F = c->n_ff,
-                  V = c->n_vocab, Ls = L;
+                  V = c->n_vocab, Ls = L, R = MG_MAX(c->lora_rank, 0);
+    const float lscale = R ? c->lora_alpha / (float)R : 0.0f;
 
     /* Input rows: text embeddings around the projected image. */
     float *x0 = ch->x;
@@ -789,6 +853,10 @@ static mg_status fb_one(tr_model *m, tr_cache *ch, mg_pool *pool, float *grads, 
         tr_linear_fwd(pool, l->q, l->n1, b->wq, NULL, Ls, qd, d);
         tr_linear_fwd(pool, l->k, l->n1, b->wk, NULL, Ls, kvd, d);
         tr_linear_fwd(pool, l->v, l->n1, b->wv, NULL, Ls, kvd, d);
+        if (R) {
+            tr_lora_fwd(pool, l->q, ch->lora_tmp, l->uq, l->n1, b->lqa, b->lqb, Ls, qd, d, R, lscale);
+            tr_lora_fwd(pool, l->v, ch->lora_tmp, l->uv, l->n1, b->lva, b->lvb, Ls, kvd, d, R, lscale);
+        }
         tr_attn_fwd(pool, &ad, l->ao, l->qr, l->kr, l->att, l->q, l->k, l->v);
         tr_linear_fwd(pool, l->xmid, l->ao, b->wo, NULL, Ls, d, qd);
         mg_vec_add(l->xmid, x, Ls * d);
@@ -838,6 +906,12 @@ static mg_status fb_one(tr_model *m, tr_cache *ch, mg_pool *pool, float *grads, 
         tr_linear_bwd(pool, ch->dn, g->wq, NULL, ch->dq, l->n1, b->wq, Ls, qd, d);
         tr_linear_bwd(pool, ch->dn, g->wk, NULL, ch->dk, l->n1, b->wk, Ls, kvd, d);
         tr_linear_bwd(pool, ch->dn, g->wv, NULL, ch->dv, l->n1, b->wv, Ls, kvd, d);
+        if (R) { /* the adapters' share of d(n1), also when they are frozen */
+            tr_lora_bwd(pool, ch->dn, g->lqa, g->lqb, ch->dq, l->n1, l->uq, b->lqa, b->lqb, ch->lora_tmp,
+                        ch->lora_du, Ls, qd, d, R, lscale);
+            tr_lora_bwd(pool, ch->dn, g->lva, g->lvb, ch->dv, l->n1, l->uv, b->lva, b->lvb, ch->lora_tmp,
+                        ch->lora_du, Ls, kvd, d, R, lscale);
+        }
         tr_rmsnorm_bwd(dres, g->attn_norm, ch->dn, x, l->r1, b->attn_norm, Ls, d);
     }
     /* dres = d(loss)/d(input rows): text rows into the embedding table, image rows into vision. */
@@ -1052,7 +1126,9 @@ mg_status tr_save(const tr_model *m, const char *path, const gguf_file *kv_src, 
          (st = gguf_writer_set_f32(w, "minigpt.vision.layer_norm_epsilon", c->v_eps)) ||
          (st = gguf_writer_set_f32(w, "minigpt.vision.post_layer_norm_epsilon", c->post_eps)) ||
          (st = gguf_writer_set_u64(w, "train.step", (uint64_t)m->step)) ||
-         (st = gguf_writer_set_u32(w, "train.groups", (uint32_t)m->train_mask)));
+         (st = gguf_writer_set_u32(w, "train.groups", (uint32_t)m->train_mask)) ||
+         /* only with adapters, so files without them stay as they were */
+         (c->lora_rank > 0 && (st = gguf_writer_set_f32(w, "train.lora_alpha", c->lora_alpha))));
     for (int pass = 0; pass < 3 && st == MG_OK; pass++) {
         const float *base = pass == 0 ? m->params : pass == 1 ? m->adam_m : m->adam_v;
         for (int i = 0; i < m->n_tensors && st == MG_OK; i++) {
@@ -1154,6 +1230,13 @@ mg_status tr_load_with(tr_model **out, const char *path, int n_threads, bool add
         goto done;
     }
     c.aux_mask = tm || add_mask_head ? c.patch_size * c.patch_size : 0;
+    const gguf_tensor *tl = gguf_find_tensor(f, "lora.blk.0.attn_q.a"); /* adapters: rank from A's rows */
+    if (tl && (tl->n_dims != 2 || tl->ne[1] < 1 || tl->ne[1] > TR_MAX_DIM)) {
+        st = mg_err(err, err_len, MG_ERR_FORMAT, "train: lora.blk.0.attn_q.a has a bad shape");
+        goto done;
+    }
+    c.lora_rank = tl ? (int)tl->ne[1] : 0;
+    if (tl && (st = gguf_get_f32(f, "train.lora_alpha", &c.lora_alpha, err, err_len))) goto done;
     tr_model *m;
     if ((st = model_alloc(&m, &c, n_threads, err, err_len))) goto done;
     for (int i = 0; i < m->n_tensors && st == MG_OK; i++) {
@@ -1173,9 +1256,108 @@ mg_status tr_load_with(tr_model **out, const char *path, int n_threads, bool add
         goto done;
     }
     m->step = step < 0 ? 0 : step;
-    m->train_mask = (int)(groups & (TR_GROUP_VISION | TR_GROUP_PROJ | TR_GROUP_LLM | TR_AUX_ONLY));
+    m->train_mask = (int)(groups & (TR_GROUP_VISION | TR_GROUP_PROJ | TR_GROUP_LLM | TR_AUX_ONLY | TR_GROUP_LORA));
     *out = m;
 done:
     gguf_close(f);
     return st;
+}
+
+/* ==== LoRA ==== */
+
+/* A model of configuration cfg holding src's tensors of the same name and size (parameters and
+ * moments), its step and train mask; tensors src lacks stay zero. */
+static mg_status model_copy_as(const tr_model *src, const tr_config *cfg, tr_model **out, char *err,
+                               size_t err_len) {
+    tr_model *m;
+    mg_status st = model_alloc(&m, cfg, mg_pool_n_threads(src->pool), err, err_len);
+    if (st != MG_OK) return st;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const tr_tensor *t = &m->tensors[i];
+        const int j = tr_find_tensor(src, t->name);
+        if (j < 0 || src->tensors[j].n != t->n) continue;
+        const size_t nb = (size_t)t->n * sizeof(float);
+        const int64_t so = src->tensors[j].off;
+        memcpy(m->params + t->off, src->params + so, nb);
+        memcpy(m->adam_m + t->off, src->adam_m + so, nb);
+        memcpy(m->adam_v + t->off, src->adam_v + so, nb);
+    }
+    m->step = src->step;
+    m->train_mask = src->train_mask;
+    *out = m;
+    return MG_OK;
+}
+
+/* Fresh adapters (see train.h). */
+mg_status tr_lora_attach(tr_model **pm, int rank, float alpha, uint64_t seed, char *err, size_t err_len) {
+    if (!pm || !*pm) return mg_err(err, err_len, MG_ERR_INVALID_ARG, "tr_lora_attach: NULL argument");
+    tr_model *src = *pm;
+    if (src->cfg.lora_rank > 0)
+        return mg_err(err, err_len, MG_ERR_INVALID_ARG, "train: the model already has LoRA adapters (rank %d)",
+                      src->cfg.lora_rank);
+    tr_config c = src->cfg;
+    c.lora_rank = rank;
+    c.lora_alpha = alpha;
+    if (rank < 1) /* check_config takes 0 for "none" */
+        return mg_err(err, err_len, MG_ERR_INVALID_ARG, "train: LoRA rank %d must be at least 1", rank);
+    tr_model *m;
+    mg_status st = model_copy_as(src, &c, &m, err, err_len);
+    if (st != MG_OK) return st;
+    lora_init(m, seed);
+    tr_model_free(src);
+    *pm = m;
+    return MG_OK;
+}
+
+/* W += scale * B A (see train.h). */
+void tr_lora_delta(float *W, const float *A, const float *B, int64_t n_out, int64_t n_in, int64_t r, float scale) {
+    for (int64_t o = 0; o < n_out; o++) {
+        const float *bo = B + o * r;
+        float *wo = W + o * n_in;
+        for (int64_t i = 0; i < n_in; i++) {
+            double acc = 0.0;
+            for (int64_t k = 0; k < r; k++) acc += (double)bo[k] * (double)A[k * n_in + i];
+            wo[i] += (float)(scale * acc);
+        }
+    }
+}
+
+/* Adapters merged into attn_q / attn_v (see train.h). */
+mg_status tr_lora_merge(tr_model **pm, char *err, size_t err_len) {
+    if (!pm || !*pm) return mg_err(err, err_len, MG_ERR_INVALID_ARG, "tr_lora_merge: NULL argument");
+    tr_model *src = *pm;
+    const tr_config *sc = &src->cfg;
+    if (sc->lora_rank <= 0) return MG_OK;
+    tr_config c = *sc;
+    c.lora_rank = 0;
+    c.lora_alpha = 0.0f;
+    tr_model *m;
+    mg_status st = model_copy_as(src, &c, &m, err, err_len);
+    if (st != MG_OK) return st;
+    const float scale = sc->lora_alpha / (float)sc->lora_rank;
+    for (int i = 0; i < c.n_layer && st == MG_OK; i++) {
+        for (int qv = 0; qv < 2 && st == MG_OK; qv++) {
+            char nw[64], na[64], nb[64];
+            const char *which = qv ? "attn_v" : "attn_q";
+            snprintf(nw, sizeof nw, "blk.%d.%s.weight", i, which);
+            snprintf(na, sizeof na, "lora.blk.%d.%s.a", i, which);
+            snprintf(nb, sizeof nb, "lora.blk.%d.%s.b", i, which);
+            const int iw = tr_find_tensor(m, nw), ia = tr_find_tensor(src, na), ib = tr_find_tensor(src, nb);
+            if (iw < 0 || ia < 0 || ib < 0) {
+                st = mg_err(err, err_len, MG_ERR_INVALID_ARG, "train: %s or its adapters are missing", nw);
+                break;
+            }
+            const tr_tensor *tw = &m->tensors[iw];
+            tr_lora_delta(m->params + tw->off, src->params + src->tensors[ia].off, src->params + src->tensors[ib].off,
+                          tw->ne[1], tw->ne[0], sc->lora_rank, scale);
+        }
+    }
+    if (st != MG_OK) {
+        tr_model_free(m);
+        return st;
+    }
+    m->train_mask &= ~TR_GROUP_LORA;
+    tr_model_free(src);
+    *pm = m;
+    return MG_OK;
 }

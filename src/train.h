@@ -62,6 +62,12 @@ typedef struct {
      * (aux.patch_mask.*, vision group) predicts, from every ln_vision patch row, which of the
      * patch's pixels belong to an object (sigmoid, binary cross-entropy); not exported. */
     int aux_mask;
+    /* training only: rank of the LoRA adapters on every decoder layer's attention q and v
+     * projections (0: none; else 1 .. min(n_embd, n_head_kv * head_dim)). The adapters
+     * (lora.blk.N.attn_{q,v}.{a,b}, group TR_GROUP_LORA) add lora_alpha / lora_rank * B (A x) to
+     * the projection; an exported model has them merged into attn_q / attn_v (tr_lora_delta). */
+    int lora_rank;
+    float lora_alpha; /* > 0 when lora_rank > 0; stored as train.lora_alpha */
     /* creation only (not stored): amplitude of a 2D sine-cosine initialisation of the ViT
      * position embedding (patch rows; the CLS row stays 0). 0: random like the other embeddings. */
     float pos_sincos;
@@ -75,8 +81,14 @@ enum {
     /* Not a group: a flag of the train mask. Training steps run the vision tower and the
      * auxiliary heads only, and the loss is the auxiliary loss (the language model is not run;
      * evaluation forwards still run everything). Used with TR_GROUP_VISION ("vision-aux"). */
-    TR_AUX_ONLY = 8
+    TR_AUX_ONLY = 8,
+    TR_GROUP_LORA = 16   /* lora.* adapters (models with cfg.lora_rank > 0) */
 };
+
+/* Rank and alpha of new adapters when none is given: scale alpha / rank = 2. Alpha stays 16 for
+ * any rank (as the LoRA paper keeps alpha fixed as r varies; MiniGPT-v2 uses alpha 16 with r 64). */
+#define TR_LORA_DEFAULT_RANK 8
+#define TR_LORA_DEFAULT_ALPHA 16.0f
 
 typedef struct {
     char name[64];     /* GGUF tensor name */
@@ -147,11 +159,13 @@ tr_opt tr_opt_default(void);
 /* A tiny demo-sized configuration (56x56 images, 4 image rows, 2+2 layers, vocab 320). */
 tr_config tr_config_tiny(void);
 
-/* Parses "proj", "proj+llm" or "all" into a train mask. */
+/* Parses "proj", "llm", "proj+llm", "all", "vision-aux", "lora" or "proj+lora" into a train mask. */
 mg_status tr_parse_mode(const char *s, int *mask, char *err, size_t err_len);
 
 /* Builds a model with weights drawn from seed (matrices and embeddings N(0, 0.02), norm weights
- * 1, biases 0), train mask "all", and a pool of n_threads. */
+ * 1, biases 0), train mask "all", and a pool of n_threads. With cfg->lora_rank > 0 the base
+ * weights are those of the same model without adapters and the adapters start as
+ * tr_lora_attach's. */
 mg_status tr_model_create(tr_model **out, const tr_config *cfg, uint64_t seed, int n_threads, char *err,
                           size_t err_len);
 /* Frees everything; accepts NULL. */
@@ -201,14 +215,35 @@ void tr_step(tr_model *m, const tr_opt *o, float *lr_out, double *gnorm_out);
 
 /* Writes a GGUF the engine can open: the keys of kv_src (e.g. the tokenizer; may be NULL), the
  * architecture and hyperparameter keys, every parameter (F32), the AdamW moments as
- * "opt.m.<name>" / "opt.v.<name>" and the step in "train.step". */
+ * "opt.m.<name>" / "opt.v.<name>" and the step in "train.step"; with LoRA adapters also
+ * "train.lora_alpha" (f32; the rank is the adapters' row count). */
 mg_status tr_save(const tr_model *m, const char *path, const gguf_file *kv_src, char *err, size_t err_len);
-/* Reads a file written by tr_save (moments and step when present; else zero). */
+/* Reads a file written by tr_save (moments and step when present; else zero), adapters included. */
 mg_status tr_load(tr_model **out, const char *path, int n_threads, char *err, size_t err_len);
 /* The same; add_mask_head gives a model whose file has no auxiliary mask head one (zero weights);
  * aux_classes > 0 asks for a patch head of that many classes: the file's when it has that size,
  * else a new one at zero (weights and moments); 0 keeps the file's head, or none. */
 mg_status tr_load_with(tr_model **out, const char *path, int n_threads, bool add_mask_head, int aux_classes,
                        char *err, size_t err_len);
+
+/* ==== LoRA (MiniGPT-v2's recipe: adapters on the language model's q and v projections) ====
+ * Per decoder layer N: lora.blk.N.attn_q.a [r, d] (GGUF ne {d, r}), lora.blk.N.attn_q.b [qd, r],
+ * lora.blk.N.attn_v.a [r, d], lora.blk.N.attn_v.b [kvd, r]; the projection becomes
+ * W x + (alpha / r) B (A x). B's rows are in the stored row order of W (llama.cpp's permuted q
+ * rows), so merging is W + (alpha / r) B A in that layout. */
+
+/* Replaces *m by a copy with fresh adapters of rank `rank` and scale alpha / rank: A uniform in
+ * [-1/sqrt(d), 1/sqrt(d)) (kaiming-uniform as PEFT's) from a generator derived from seed, B = 0
+ * (the model's output is unchanged), their moments 0. Everything else (parameters, moments,
+ * step, train mask, thread count) is copied. Fails when *m has adapters or the rank is out of
+ * range; *m is then left as it was. */
+mg_status tr_lora_attach(tr_model **m, int rank, float alpha, uint64_t seed, char *err, size_t err_len);
+/* Replaces *m by a copy without adapters whose attn_q / attn_v weights are merged
+ * (tr_lora_delta); the other tensors and their moments are copied, the adapters' moments
+ * dropped. A model without adapters is left as it is. */
+mg_status tr_lora_merge(tr_model **m, char *err, size_t err_len);
+/* W[n_out, n_in] += scale * B[n_out, r] . A[r, n_in], each entry's sum over r in double, added
+ * as (float)(scale * sum). The one merge of both the export and tr_lora_merge. */
+void tr_lora_delta(float *W, const float *A, const float *B, int64_t n_out, int64_t n_in, int64_t r, float scale);
 
 #endif

@@ -681,7 +681,42 @@ static mg_status read_kv(const gguf_file *f, tl_params *p, char *err, size_t err
     return MG_OK;
 }
 
-/* Parameters-only copy. */
+/* An F32 tensor of two dimensions {ne0, ne1}. */
+static bool f32_2d(const gguf_tensor *t, int64_t ne0, int64_t ne1) {
+    return t && t->type == MG_TYPE_F32 && t->n_dims == 2 && t->ne[0] == ne0 && t->ne[1] == ne1 &&
+           t->nbytes == (uint64_t)ne0 * (uint64_t)ne1 * sizeof(float);
+}
+
+/* When the checkpoint has adapters lora.X.a / lora.X.b for tensor t = X.weight: a malloc'd copy of
+ * t with them merged into *merged (else *merged = NULL). */
+static mg_status export_merge(const gguf_file *f, const gguf_tensor *t, float **merged, char *err, size_t err_len) {
+    *merged = NULL;
+    static const char sfx[] = ".weight";
+    const size_t ls = sizeof sfx - 1;
+    if (t->name.len <= ls || t->name.len > 200 || memcmp(t->name.ptr + t->name.len - ls, sfx, ls) != 0) return MG_OK;
+    char na[256], nb[256];
+    const int nx = (int)(t->name.len - ls);
+    snprintf(na, sizeof na, "lora.%.*s.a", nx, t->name.ptr);
+    snprintf(nb, sizeof nb, "lora.%.*s.b", nx, t->name.ptr);
+    const gguf_tensor *ta = gguf_find_tensor(f, na), *tb = gguf_find_tensor(f, nb);
+    if (!ta && !tb) return MG_OK;
+    const int64_t r = ta ? ta->ne[1] : 0;
+    if (!ta || !tb || !f32_2d(t, t->ne[0], t->ne[1]) || r < 1 || !f32_2d(ta, t->ne[0], r) ||
+        !f32_2d(tb, r, t->ne[1]))
+        return mg_err(err, err_len, MG_ERR_FORMAT, "export: the adapters %s / %s do not fit %.*s", na, nb,
+                      (int)t->name.len, t->name.ptr);
+    float alpha;
+    mg_status st = gguf_get_f32(f, "train.lora_alpha", &alpha, err, err_len);
+    if (st != MG_OK) return mg_err(err, err_len, st, "export: LoRA adapters without train.lora_alpha");
+    float *w = malloc(t->nbytes);
+    if (!w) return mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
+    memcpy(w, t->data, t->nbytes);
+    tr_lora_delta(w, (const float *)ta->data, (const float *)tb->data, t->ne[1], t->ne[0], r, alpha / (float)r);
+    *merged = w;
+    return MG_OK;
+}
+
+/* Parameters-only copy, adapters merged. */
 mg_status tl_export(const char *ckpt, const char *out, char *err, size_t err_len) {
     gguf_file *f = NULL;
     mg_status st = gguf_open(&f, ckpt, err, err_len);
@@ -690,20 +725,30 @@ mg_status tl_export(const char *ckpt, const char *out, char *err, size_t err_len
     if (!w) st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
     if (st == MG_OK) st = gguf_writer_copy_kv(w, f);
     char **names = calloc((size_t)gguf_n_tensors(f) + 1, sizeof *names);
-    if (!names) st = MG_ERR_NOMEM;
+    float **merged = calloc((size_t)gguf_n_tensors(f) + 1, sizeof *merged);
+    if (!names || !merged) st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
+    bool failed = false; /* err holds the message */
     for (int64_t i = 0; i < gguf_n_tensors(f) && st == MG_OK; i++) {
         const gguf_tensor *t = gguf_tensor_at(f, i);
         if (t->name.len >= 4 && (memcmp(t->name.ptr, "opt.", 4) == 0 || memcmp(t->name.ptr, "aux.", 4) == 0))
             continue; /* optimizer state and the auxiliary head are training-only */
+        if (t->name.len >= 5 && memcmp(t->name.ptr, "lora.", 5) == 0) continue; /* merged below */
+        if ((st = export_merge(f, t, &merged[i], err, err_len)) != MG_OK) {
+            failed = true;
+            break;
+        }
         names[i] = gguf_str_dup(t->name);
         if (!names[i]) st = MG_ERR_NOMEM;
-        else st = gguf_writer_add_tensor(w, names[i], t->type, t->n_dims, t->ne, t->data);
+        else st = gguf_writer_add_tensor(w, names[i], t->type, t->n_dims, t->ne, merged[i] ? merged[i] : t->data);
     }
     if (st == MG_OK) st = gguf_writer_write_file(w, out, err, err_len);
-    else mg_err(err, err_len, st, "export: cannot build %s", out);
-    if (names)
-        for (int64_t i = 0; i < gguf_n_tensors(f); i++) free(names[i]);
+    else if (!failed) mg_err(err, err_len, st, "export: cannot build %s", out);
+    for (int64_t i = 0; i < gguf_n_tensors(f); i++) {
+        if (names) free(names[i]);
+        if (merged) free(merged[i]);
+    }
     free(names);
+    free(merged);
     gguf_writer_free(w);
     gguf_close(f);
     return st;

@@ -108,7 +108,9 @@ void tl_folder_free(tl_folder *f);
 mg_status tl_encode(const mg_tokenizer *tok, const char *instruction, const char *answer, int32_t *ids,
                     uint8_t *mask, int max, int *n_text, int *img_pos, char *err, size_t err_len);
 
-/* Writes a parameters-only copy of checkpoint ckpt (no "opt.*" tensors) to out. */
+/* Writes a parameters-only copy of checkpoint ckpt to out: no "opt.*" (optimizer state), "aux.*"
+ * (auxiliary heads) or "lora.*" tensors; LoRA adapters are merged into their weights, X.weight
+ * += (train.lora_alpha / r) lora.X.b . lora.X.a (tr_lora_delta), so out is a plain model. */
 mg_status tl_export(const char *ckpt, const char *out, char *err, size_t err_len);
 
 #endif

@@ -3,14 +3,17 @@
  * against PyTorch autograd (tests/ref/train_ref.py) and against central finite differences in C;
  * the whole tiny model's loss and every parameter gradient against a PyTorch re-implementation;
  * AdamW against torch.optim.AdamW; the schedule and clipping; a 200-step overfit; bit-identical
- * resume from a checkpoint; the "proj" mode leaving other parameters untouched; and a checkpoint
- * opening in the inference engine.
+ * resume from a checkpoint; the "proj" mode leaving other parameters untouched; a checkpoint
+ * opening in the inference engine; and LoRA adapters on q / v (gradients against PyTorch and
+ * finite differences, the lora / proj+lora modes, resume, init and arguments, and the merged
+ * export giving the engine the trainer's logits).
  */
 #include "test.h"
 
 #include "synth.h"
 #include "train.h"
 #include "train_ops.h"
+#include "trainloop.h"
 #include "vision.h"
 
 #include <math.h>
@@ -371,9 +374,12 @@ TEST(train_bce_logits) {
 
 /* ==== whole model ==== */
 
-/* A tiny model with every parameter random (norm weights near 1, biases nonzero). */
-static tr_model *make_model(uint64_t seed, int n_threads) {
+/* A tiny model with every parameter random (norm weights near 1, biases nonzero); with lora_rank
+ * > 0 it has LoRA adapters (alpha 2 x rank) as tr_model_create starts them (B = 0). */
+static tr_model *make_model_lora(uint64_t seed, int n_threads, int lora_rank) {
     tr_config c = tr_config_tiny();
+    c.lora_rank = lora_rank;
+    c.lora_alpha = 2.0f * (float)lora_rank;
     tr_model *m = NULL;
     char err[256];
     if (tr_model_create(&m, &c, seed, n_threads, err, sizeof err) != MG_OK) {
@@ -390,6 +396,18 @@ static tr_model *make_model(uint64_t seed, int n_threads) {
             p[j] = norm_w ? 1.0f + 0.2f * test_rng_float(&s) : 0.1f * test_rng_float(&s);
     }
     return m;
+}
+
+static tr_model *make_model(uint64_t seed, int n_threads) { return make_model_lora(seed, n_threads, 0); }
+
+/* Every LoRA B of m drawn from (-amp, amp) (they start at 0), so the adapters change the output. */
+static void lora_fill_b(tr_model *m, float amp, uint64_t seed) {
+    uint64_t s = seed;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const tr_tensor *t = &m->tensors[i];
+        if (t->group != TR_GROUP_LORA || t->name[strlen(t->name) - 1] != 'b') continue;
+        for (int64_t j = 0; j < t->n; j++) m->params[t->off + j] = amp * test_rng_float(&s);
+    }
 }
 
 typedef struct {
@@ -430,11 +448,12 @@ static bool write_npy(const char *dir, const char *name, const float *a, int64_t
     return fclose(f) == 0;
 }
 
-TEST(train_model_torch) {
+/* Loss and every parameter gradient of m (all its groups learning) against the PyTorch model of
+ * tests/ref/train_ref.py, in folder `sub` of the test data; frees m. */
+static void check_model_torch(tr_model *m, const char *sub) {
     char dir[4096], ckpt[4200], err[256];
-    snprintf(dir, sizeof dir, "%s/train_model", test_data_dir());
+    snprintf(dir, sizeof dir, "%s/%s", test_data_dir(), sub);
     test_run("mkdir -p %s", dir);
-    tr_model *m = make_model(7, 2);
     CHECK(m != NULL);
     if (!m) return;
     static example_buf b;
@@ -482,6 +501,19 @@ TEST(train_model_torch) {
     printf("    worst gradient rel err %.3g %s\n", worst, worst_name);
     free(ref_loss);
     tr_model_free(m);
+}
+
+TEST(train_model_torch) { check_model_torch(make_model(7, 2), "train_model"); }
+
+/* The same with LoRA adapters (rank 4, alpha 8: scale 2) whose B is not zero: the loss and the
+ * gradients of every tensor, adapters included, against PyTorch autograd. */
+TEST(train_lora_model_torch) {
+    tr_model *m = make_model_lora(7, 2, 4);
+    if (m) {
+        lora_fill_b(m, 0.2f, 5);
+        m->train_mask |= TR_GROUP_LORA;
+    }
+    check_model_torch(m, "train_lora_model");
 }
 
 /* ==== optimiser ==== */
@@ -629,13 +661,14 @@ TEST(train_resume_bit_identical) {
     tr_model_free(a);
 }
 
-/* Three steps in one training mode: every tensor of the learning group changes, every other one
- * stays bit-identical, and the gradient of tensor `probe` equals that of a full backward. */
-static void check_train_mode(const char *mode, int group, const char *probe, int seed) {
+/* Three steps in one training mode: every tensor of the learning groups changes, every other one
+ * stays bit-identical, and the gradient of tensor `probe` is not zero and equals that of a full
+ * backward (every group learning). lora_rank > 0: a model with adapters (B = 0 at the start). */
+static void check_train_mode(const char *mode, int group, const char *probe, int seed, int lora_rank) {
     char err[256];
     static example_buf b;
     make_example(&b, 12);
-    tr_model *m = make_model(seed, 2);
+    tr_model *m = make_model_lora(seed, 2, lora_rank);
     CHECK(m != NULL);
     if (!m) return;
     CHECK(tr_parse_mode(mode, &m->train_mask, err, sizeof err) == MG_OK);
@@ -647,12 +680,13 @@ static void check_train_mode(const char *mode, int group, const char *probe, int
     for (int i = 0; i < m->n_tensors; i++) {
         const tr_tensor *t = &m->tensors[i];
         bool same = memcmp(before + t->off, m->params + t->off, (size_t)t->n * sizeof(float)) == 0;
-        if (t->group == group) CHECK_MSG(!same, "%s: %s must learn", mode, t->name);
+        if (t->group & group) CHECK_MSG(!same, "%s: %s must learn", mode, t->name);
         else CHECK_MSG(same, "%s: %s must stay bit-identical", mode, t->name);
     }
-    tr_model *f = make_model(seed, 2);
+    tr_model *f = make_model_lora(seed, 2, lora_rank);
     if (f) {
         float l;
+        f->train_mask = TR_GROUP_VISION | TR_GROUP_PROJ | TR_GROUP_LLM | (lora_rank > 0 ? TR_GROUP_LORA : 0);
         memcpy(f->params, m->params, (size_t)m->n_params * sizeof(float));
         tr_zero_grad(m);
         tr_zero_grad(f);
@@ -660,6 +694,9 @@ static void check_train_mode(const char *mode, int group, const char *probe, int
         CHECK(tr_forward_backward(f, &b.ex, true, 1.0f, &l, err, sizeof err) == MG_OK);
         const tr_tensor *pt = &m->tensors[tr_find_tensor(m, probe)];
         CHECK(memcmp(m->grads + pt->off, f->grads + pt->off, (size_t)pt->n * sizeof(float)) == 0);
+        int64_t nz = 0;
+        for (int64_t j = 0; j < pt->n; j++) nz += m->grads[pt->off + j] != 0.0f;
+        CHECK_MSG(nz > 0, "%s: the gradient of %s is zero", mode, probe);
     }
     tr_model_free(f);
     free(before);
@@ -671,12 +708,22 @@ TEST(train_proj_mode) {
     char err[256];
     int mask = 0;
     CHECK(tr_parse_mode("bogus", &mask, err, sizeof err) == MG_ERR_INVALID_ARG);
-    check_train_mode("proj", TR_GROUP_PROJ, "mm.proj.weight", 31);
+    check_train_mode("proj", TR_GROUP_PROJ, "mm.proj.weight", 31, 0);
 }
 
 /* --train llm: only the language model learns; the projection (frozen at its start, it keeps the
  * tower's colour directions in the image rows) and the tower stay as they are. */
-TEST(train_llm_mode) { check_train_mode("llm", TR_GROUP_LLM, "blk.0.attn_q.weight", 33); }
+TEST(train_llm_mode) { check_train_mode("llm", TR_GROUP_LLM, "blk.0.attn_q.weight", 33, 0); }
+
+/* --train lora: only the adapters learn (A from the second step on, once B is not zero), the base
+ * weights, projection and tower stay bit-identical. */
+TEST(train_lora_mode) { check_train_mode("lora", TR_GROUP_LORA, "lora.blk.0.attn_q.a", 35, 4); }
+
+/* --train proj+lora (MiniGPT-v2's recipe): the projection and the adapters learn; its gradient
+ * reaches the image rows through every layer's adapters. */
+TEST(train_proj_lora_mode) {
+    check_train_mode("proj+lora", TR_GROUP_PROJ | TR_GROUP_LORA, "mm.proj.weight", 37, 3);
+}
 
 TEST(train_bad_example) {
     char err[256];
@@ -1185,4 +1232,324 @@ TEST(train_ce_strided_group) {
         }
     CHECK_EQ_INT(same, M * V);
     CHECK_EQ_INT(untouched, M * (LD - V));
+}
+
+/* ==== LoRA ==== */
+
+/* A tiny model with LoRA adapters of rank 4, alpha 8 (scale 2), every parameter moved by up to
+ * 0.05 and every B drawn from (-0.2, 0.2), so the adapters carry a good share of q and v; one
+ * thread; every group learns. */
+static tr_model *lora_fd_model(uint64_t seed, uint64_t *s) {
+    tr_config c = tr_config_tiny();
+    c.lora_rank = 4;
+    c.lora_alpha = 8.0f;
+    tr_model *m = perturbed_model(&c, seed, s);
+    if (m) {
+        lora_fill_b(m, 0.2f, *s);
+        m->train_mask = TR_GROUP_VISION | TR_GROUP_PROJ | TR_GROUP_LLM | TR_GROUP_LORA;
+    }
+    return m;
+}
+
+/* The LoRA path against central differences of the loss: the adapters' own gradients (A and B
+ * of q and v in both layers), and gradients that reach earlier tensors through the adapters'
+ * d(input) (layer 0's attention norm, the projection, the token embedding). */
+TEST(train_lora_fd) {
+    uint64_t s = 123;
+    char err[256];
+    tr_model *m = lora_fd_model(41, &s);
+    CHECK(m != NULL);
+    if (!m) return;
+    static example_buf b;
+    make_example(&b, 17);
+    tr_zero_grad(m);
+    float loss = 0;
+    CHECK(tr_forward_backward(m, &b.ex, true, 1.0f, &loss, err, sizeof err) == MG_OK);
+    const char *names[] = {"lora.blk.0.attn_q.a", "lora.blk.0.attn_q.b", "lora.blk.0.attn_v.a", "lora.blk.0.attn_v.b",
+                           "lora.blk.1.attn_q.a", "lora.blk.1.attn_q.b", "lora.blk.1.attn_v.a", "lora.blk.1.attn_v.b",
+                           "blk.0.attn_norm.weight", "mm.proj.weight", "token_embd.weight"};
+    int checked = 0;
+    const double worst = heads_fd(m, &b.ex, names, sizeof names / sizeof names[0], &s, &checked);
+    printf("    %d gradients, worst relative error %.2e\n", checked, worst);
+    /* the adapters matter here: without them the loss moves well beyond the differences' noise */
+    float l_without = 0;
+    tr_model *z = NULL;
+    if (tr_lora_merge(&m, err, sizeof err) == MG_OK) { /* merged: the same function */
+        float l_merged = 0;
+        CHECK(tr_forward_backward(m, &b.ex, false, 1.0f, &l_merged, err, sizeof err) == MG_OK);
+        CHECK_MSG(fabsf(l_merged - loss) <= 1e-5f * loss, "merged loss %.7f, with adapters %.7f", l_merged, loss);
+    } else CHECK_MSG(0, "tr_lora_merge: %s", err);
+    uint64_t s2 = 123;
+    tr_config c = tr_config_tiny();
+    z = perturbed_model(&c, 41, &s2); /* the same base weights, no adapters */
+    if (z) {
+        CHECK(tr_forward_backward(z, &b.ex, false, 1.0f, &l_without, err, sizeof err) == MG_OK);
+        printf("    loss with adapters %.5f, without %.5f\n", loss, l_without);
+        CHECK(fabsf(l_without - loss) > 1e-2f);
+    }
+    tr_model_free(z);
+    tr_model_free(m);
+}
+
+/* Last-row logits [V] of the engine on input rows [L, d] of model file path; false on failure. */
+static bool engine_last_logits(const char *path, const float *rows, int L, float *out, int V) {
+    char err[256];
+    mg_model *em = NULL;
+    mg_model_params mp = mg_model_default_params();
+    mp.n_threads = 1;
+    mp.use_ref = 1;
+    bool ok = false;
+    if (mg_model_open(&em, path, &mp, err, sizeof err) != MG_OK) {
+        printf("    mg_model_open: %s\n", err);
+        return false;
+    }
+    mg_session *s = NULL;
+    mg_session_params spp = mg_session_default_params();
+    spp.n_ctx = 64;
+    if (mg_session_create(&s, em, &spp, err, sizeof err) == MG_OK && mg_session_eval_embd(s, rows, L) == MG_OK &&
+        mg_session_logits(s)) {
+        memcpy(out, mg_session_logits(s), (size_t)V * sizeof(float));
+        ok = true;
+    }
+    mg_session_free(s);
+    mg_model_close(em);
+    return ok;
+}
+
+/* Export merges the adapters: a checkpoint with adapters (B not zero) exported by tl_export runs in
+ * the engine's own inference path with the trainer's last-row logits (the q rows in llama.cpp's
+ * permuted layout get B A added as they are); the export has no lora.* tensors, only attn_q / attn_v
+ * changed (and equal to tr_lora_merge's), and the engine refuses the checkpoint itself. */
+TEST(train_lora_merge_engine) {
+    char syn[4096], ck[4096], out[4096], err[256];
+    snprintf(syn, sizeof syn, "%s/train_tok.gguf", test_data_dir());
+    snprintf(ck, sizeof ck, "%s/train_lora.ckpt", test_data_dir());
+    snprintf(out, sizeof out, "%s/train_lora.gguf", test_data_dir());
+    const synth_preset *sp = synth_find_preset("tiny");
+    CHECK(sp != NULL);
+    if (!sp || synth_write_gguf(sp, MG_TYPE_F32, 1, syn, err, sizeof err) != MG_OK) {
+        CHECK_MSG(0, "synth: %s", err);
+        return;
+    }
+    gguf_file *tokf = NULL;
+    CHECK(gguf_open(&tokf, syn, err, sizeof err) == MG_OK);
+    tr_model *m = make_model_lora(43, 2, 4);
+    CHECK(m != NULL);
+    if (!m || !tokf) {
+        gguf_close(tokf);
+        tr_model_free(m);
+        return;
+    }
+    lora_fill_b(m, 0.2f, 9);
+    static example_buf b;
+    make_example(&b, 78);
+    float loss;
+    CHECK(tr_forward_backward(m, &b.ex, false, 1.0f, &loss, err, sizeof err) == MG_OK);
+    CHECK(tr_save(m, ck, tokf, err, sizeof err) == MG_OK);
+    gguf_close(tokf);
+    CHECK_MSG(tl_export(ck, out, err, sizeof err) == MG_OK, "tl_export: %s", err);
+    int L = 0;
+    const int d = m->cfg.n_embd, V = m->cfg.n_vocab;
+    float *rows = malloc(sizeof(float) * (size_t)(20 * d)), *want = malloc(sizeof(float) * (size_t)V),
+          *got = malloc(sizeof(float) * (size_t)V), *plain = malloc(sizeof(float) * (size_t)V);
+    const float *r0 = tr_last_rows(m, &L);
+    CHECK(rows && want && got && plain && r0 && L == 20);
+    if (!rows || !want || !got || !plain || !r0 || L != 20) goto out;
+    memcpy(rows, r0, sizeof(float) * (size_t)(L * d));
+    memcpy(want, tr_last_logits(m) + (size_t)(L - 1) * V, sizeof(float) * (size_t)V);
+    CHECK(engine_last_logits(out, rows, L, got, V));
+    double e = rel_err(got, want, V);
+    printf("    engine (merged export) last-row logits vs trainer with adapters: rel err %.3g\n", e);
+    CHECK_MSG(e <= 1e-5, "logits rel err %.3g", e);
+    /* the adapters matter: the trainer without them is far from those logits */
+    tr_model *z = make_model_lora(43, 2, 4); /* the same weights, B = 0 */
+    if (z) {
+        float lz;
+        CHECK(tr_forward_backward(z, &b.ex, false, 1.0f, &lz, err, sizeof err) == MG_OK);
+        memcpy(plain, tr_last_logits(z) + (size_t)(L - 1) * V, sizeof(float) * (size_t)V);
+        const double ez = rel_err(plain, want, V);
+        printf("    trainer without the adapters: rel err %.3g\n", ez);
+        CHECK(ez > 1e-2);
+    }
+    tr_model_free(z);
+    /* the file: no adapters, q / v merged (the bits of tr_lora_merge), the rest as in the checkpoint */
+    gguf_file *fo = NULL, *fc = NULL;
+    CHECK(gguf_open(&fo, out, err, sizeof err) == MG_OK && gguf_open(&fc, ck, err, sizeof err) == MG_OK);
+    CHECK(tr_lora_merge(&m, err, sizeof err) == MG_OK && m->cfg.lora_rank == 0);
+    if (fo && fc) {
+        int n_lora = 0, n_changed = 0, n_same_as_merge = 0;
+        for (int64_t i = 0; i < gguf_n_tensors(fo); i++)
+            n_lora += strncmp(gguf_tensor_at(fo, i)->name.ptr, "lora.", 5) == 0;
+        for (int i = 0; i < m->n_tensors; i++) {
+            const tr_tensor *t = &m->tensors[i];
+            const gguf_tensor *a = gguf_find_tensor(fo, t->name), *c0 = gguf_find_tensor(fc, t->name);
+            CHECK_MSG(a && c0 && a->nbytes == (uint64_t)t->n * 4, "%s in the export", t->name);
+            if (!a || !c0 || a->nbytes != (uint64_t)t->n * 4) continue;
+            const bool changed = memcmp(a->data, c0->data, a->nbytes) != 0;
+            const bool qv = strstr(t->name, "attn_q.weight") || strstr(t->name, "attn_v.weight");
+            n_changed += changed;
+            CHECK_MSG(changed == qv, "%s: %s", t->name, changed ? "changed" : "unchanged");
+            n_same_as_merge += memcmp(a->data, m->params + t->off, a->nbytes) == 0;
+        }
+        CHECK_EQ_INT(n_lora, 0);
+        CHECK_EQ_INT(n_changed, 2 * m->cfg.n_layer);
+        CHECK_EQ_INT(n_same_as_merge, m->n_tensors);
+    }
+    gguf_close(fo);
+    gguf_close(fc);
+    /* the checkpoint itself is refused by the engine (its attn_q / attn_v alone are not the model) */
+    mg_model *em = NULL;
+    mg_model_params mp = mg_model_default_params();
+    mp.n_threads = 1;
+    CHECK(mg_model_open(&em, ck, &mp, err, sizeof err) == MG_ERR_UNSUPPORTED && em == NULL);
+    CHECK(strstr(err, "LoRA") != NULL);
+out:
+    free(rows);
+    free(want);
+    free(got);
+    free(plain);
+    tr_model_free(m);
+}
+
+/* A checkpoint with adapters: tr_load gives back their rank, alpha, the train mask and every bit;
+ * 4 steps, save, 3 more = load + 3 (proj+lora, bit-identical parameters and moments). */
+TEST(train_lora_resume_bit_identical) {
+    char path[4096], plain[4096], err[256];
+    snprintf(path, sizeof path, "%s/train_lora_resume.gguf", test_data_dir());
+    snprintf(plain, sizeof plain, "%s/train_lora_plain.gguf", test_data_dir());
+    static example_buf b;
+    make_example(&b, 8);
+    tr_opt o = tr_opt_default();
+    o.total = 20;
+    o.warmup = 3;
+    tr_config c = tr_config_tiny();
+    c.lora_rank = 5;
+    c.lora_alpha = 7.5f;
+    tr_model *a = NULL;
+    CHECK(tr_model_create(&a, &c, 21, 2, err, sizeof err) == MG_OK);
+    if (!a) return;
+    CHECK(tr_parse_mode("proj+lora", &a->train_mask, err, sizeof err) == MG_OK);
+    train_steps(a, &b.ex, &o, 4);
+    CHECK(tr_save(a, path, NULL, err, sizeof err) == MG_OK);
+    train_steps(a, &b.ex, &o, 3);
+    tr_model *r = NULL;
+    CHECK(tr_load(&r, path, 2, err, sizeof err) == MG_OK);
+    if (r) {
+        CHECK_EQ_INT(r->cfg.lora_rank, 5);
+        CHECK(r->cfg.lora_alpha == 7.5f);
+        CHECK_EQ_INT(r->train_mask, TR_GROUP_PROJ | TR_GROUP_LORA);
+        CHECK_EQ_INT(r->step, 4);
+        CHECK_EQ_INT(r->n_params, a->n_params);
+        CHECK(tr_find_tensor(r, "lora.blk.1.attn_v.b") >= 0);
+        train_steps(r, &b.ex, &o, 3);
+        CHECK_EQ_INT(r->step, 7);
+        CHECK(memcmp(r->params, a->params, (size_t)a->n_params * sizeof(float)) == 0);
+        CHECK(memcmp(r->adam_m, a->adam_m, (size_t)a->n_params * sizeof(float)) == 0);
+        CHECK(memcmp(r->adam_v, a->adam_v, (size_t)a->n_params * sizeof(float)) == 0);
+    }
+    /* the adapters learned (B moved off 0); a file without adapters has no train.lora_alpha */
+    const int ib = tr_find_tensor(a, "lora.blk.0.attn_q.b");
+    int64_t nz = 0;
+    for (int64_t j = 0; ib >= 0 && j < a->tensors[ib].n; j++) nz += a->params[a->tensors[ib].off + j] != 0.0f;
+    CHECK(nz > 0);
+    gguf_file *f = NULL;
+    CHECK(gguf_open(&f, path, err, sizeof err) == MG_OK);
+    if (f) CHECK(gguf_find_kv(f, "train.lora_alpha") != NULL);
+    gguf_close(f);
+    tr_model *p = make_model(21, 1);
+    CHECK(p && tr_save(p, plain, NULL, err, sizeof err) == MG_OK);
+    f = NULL;
+    CHECK(gguf_open(&f, plain, err, sizeof err) == MG_OK);
+    if (f) CHECK(gguf_find_kv(f, "train.lora_alpha") == NULL);
+    gguf_close(f);
+    tr_model_free(p);
+    tr_model_free(r);
+    tr_model_free(a);
+}
+
+/* A model created with adapters has the base weights of the same seed without them, A uniform in
+ * [-1/sqrt(d), 1/sqrt(d)) and B = 0 (the same output); tr_lora_attach gives a model without
+ * adapters the same ones. Bad ranks, alphas and modes are refused with a clear message. */
+TEST(train_lora_init_and_args) {
+    char err[256];
+    tr_config c = tr_config_tiny();
+    tr_model *base = NULL, *lm = NULL;
+    CHECK(tr_model_create(&base, &c, 9, 1, err, sizeof err) == MG_OK);
+    c.lora_rank = 8;
+    c.lora_alpha = 16.0f;
+    CHECK(tr_model_create(&lm, &c, 9, 1, err, sizeof err) == MG_OK);
+    if (!base || !lm) {
+        tr_model_free(base);
+        tr_model_free(lm);
+        return;
+    }
+    CHECK_EQ_INT(lm->n_tensors, base->n_tensors + 4 * c.n_layer);
+    CHECK(memcmp(base->params, lm->params, (size_t)base->n_params * sizeof(float)) == 0); /* adapters come last */
+    const double bound = 1.0 / sqrt((double)c.n_embd);
+    double amax = 0;
+    int64_t bnz = 0;
+    for (int i = base->n_tensors; i < lm->n_tensors; i++) {
+        const tr_tensor *t = &lm->tensors[i];
+        CHECK(t->group == TR_GROUP_LORA && t->decay && t->n_dims == 2 && strncmp(t->name, "lora.blk.", 9) == 0);
+        const bool is_a = t->name[strlen(t->name) - 1] == 'a';
+        CHECK_EQ_INT(t->ne[is_a ? 1 : 0], 8);
+        for (int64_t j = 0; j < t->n; j++) {
+            const float v = lm->params[t->off + j];
+            if (is_a) amax = fmax(amax, fabs(v));
+            else bnz += v != 0.0f;
+        }
+    }
+    CHECK(amax > 0.9 * bound && amax < bound);
+    CHECK_EQ_INT(bnz, 0);
+    static example_buf b;
+    make_example(&b, 3);
+    float l0 = 0, l1 = 0;
+    CHECK(tr_forward_backward(base, &b.ex, false, 1.0f, &l0, err, sizeof err) == MG_OK);
+    CHECK(tr_forward_backward(lm, &b.ex, false, 1.0f, &l1, err, sizeof err) == MG_OK);
+    CHECK(l0 == l1);
+    CHECK(tr_lora_attach(&base, 8, 16.0f, 9, err, sizeof err) == MG_OK);
+    CHECK(base->n_params == lm->n_params &&
+          memcmp(base->params, lm->params, (size_t)lm->n_params * sizeof(float)) == 0);
+    /* a second set is refused, and the model is left as it was */
+    tr_model *keep = base;
+    CHECK(tr_lora_attach(&base, 4, 8.0f, 9, err, sizeof err) == MG_ERR_INVALID_ARG && base == keep);
+    CHECK(strstr(err, "already") != NULL);
+    tr_model_free(base);
+    tr_model_free(lm);
+    /* ranks: 0 is "none" for a config, a negative rank or one past the smaller side is refused */
+    const int kvd = c.n_head_kv * (c.n_embd / c.n_head); /* 32 < n_embd 64 */
+    const int bad_rank[] = {-1, kvd + 1, 100000};
+    for (size_t i = 0; i < sizeof bad_rank / sizeof bad_rank[0]; i++) {
+        tr_model *x = NULL;
+        c.lora_rank = bad_rank[i];
+        CHECK(tr_model_create(&x, &c, 1, 1, err, sizeof err) == MG_ERR_INVALID_ARG && x == NULL);
+        CHECK_MSG(strstr(err, "LoRA rank") != NULL, "rank %d: %s", bad_rank[i], err);
+    }
+    c.lora_rank = kvd;
+    tr_model *x = NULL;
+    CHECK(tr_model_create(&x, &c, 1, 1, err, sizeof err) == MG_OK);
+    tr_model_free(x);
+    x = NULL;
+    c.lora_alpha = 0.0f;
+    CHECK(tr_model_create(&x, &c, 1, 1, err, sizeof err) == MG_ERR_INVALID_ARG && x == NULL);
+    CHECK(strstr(err, "alpha") != NULL);
+    tr_model *y = make_model(2, 1);
+    if (y) {
+        CHECK(tr_lora_attach(&y, 0, 16.0f, 1, err, sizeof err) == MG_ERR_INVALID_ARG);
+        CHECK(tr_lora_attach(&y, kvd + 1, 16.0f, 1, err, sizeof err) == MG_ERR_INVALID_ARG);
+        CHECK(y->cfg.lora_rank == 0);
+        /* a LoRA mode on a model without adapters cannot step */
+        float l;
+        y->train_mask = TR_GROUP_LORA;
+        CHECK(tr_forward_backward(y, &b.ex, true, 1.0f, &l, err, sizeof err) == MG_ERR_INVALID_ARG);
+        CHECK(strstr(err, "adapters") != NULL);
+        CHECK(tr_forward_backward(y, &b.ex, false, 1.0f, &l, err, sizeof err) == MG_OK); /* evaluation is fine */
+    }
+    tr_model_free(y);
+    /* modes */
+    int mask = 0;
+    CHECK(tr_parse_mode("lora", &mask, err, sizeof err) == MG_OK && mask == TR_GROUP_LORA);
+    CHECK(tr_parse_mode("proj+lora", &mask, err, sizeof err) == MG_OK && mask == (TR_GROUP_PROJ | TR_GROUP_LORA));
+    CHECK(tr_parse_mode("llm+lora", &mask, err, sizeof err) == MG_ERR_INVALID_ARG);
+    CHECK(strstr(err, "unknown training mode 'llm+lora'") && strstr(err, "proj+lora"));
 }

@@ -4,7 +4,9 @@ schedule and clipping). Every array is written as float32 .npy into OUT; the C t
 
     train_ref.py ops OUT            random inputs + forward + autograd gradients of every op
     train_ref.py model CKPT OUT     loss and all gradients of the checkpoint's model on the example
-                                    stored in OUT (ex_image.npy, ex_ids.npy, ex_mask.npy, ex_pos.npy)
+                                    stored in OUT (ex_image.npy, ex_ids.npy, ex_mask.npy, ex_pos.npy);
+                                    LoRA adapters (lora.blk.N.attn_q/v.a/.b, scale train.lora_alpha / r)
+                                    when the checkpoint has them
     train_ref.py adamw OUT          3 torch.optim.AdamW steps, two groups (decay / no decay)
     train_ref.py sched OUT          warm-up + cosine values and clip_grad_norm_ results
 
@@ -212,6 +214,7 @@ def model(ckpt, out):
     H, Hkv = kv["llama.attention.head_count"], kv["llama.attention.head_count_kv"]
     eps, theta = kv["llama.attention.layer_norm_rms_epsilon"], kv["llama.rope.freq_base"]
     hd = d // H
+    alpha = kv.get("train.lora_alpha")
     img = torch.tensor(np.load(f"{out}/ex_image.npy")).view(3, S, S)
     ids = np.load(f"{out}/ex_ids.npy").astype(np.int64)
     mask = np.load(f"{out}/ex_mask.npy")
@@ -240,8 +243,18 @@ def model(ckpt, out):
     n_img = vis.shape[0]
     for i in range(nl):
         b = lambda s: P[f"blk.{i}.{s}.weight"]
+
+        def proj(x, s):
+            # W x, plus (alpha / r) B (A x) where the layer has LoRA adapters on s (rows of B in W's
+            # stored row order, so the permuted q layout needs nothing more)
+            y = x @ b(s).T
+            la = P.get(f"lora.blk.{i}.{s}.a")
+            if la is not None:
+                y = y + (alpha / la.shape[0]) * ((x @ la.T) @ P[f"lora.blk.{i}.{s}.b"].T)
+            return y
+
         a = rmsnorm(h, b("attn_norm"), eps)
-        o = attention(a @ b("attn_q").T, a @ b("attn_k").T, a @ b("attn_v").T, H, Hkv, hd, True, theta)
+        o = attention(proj(a, "attn_q"), a @ b("attn_k").T, proj(a, "attn_v"), H, Hkv, hd, True, theta)
         h = h + o @ b("attn_output").T
         m = rmsnorm(h, b("ffn_norm"), eps)
         h = h + (Fn.silu(m @ b("ffn_gate").T) * (m @ b("ffn_up").T)) @ b("ffn_down").T
