@@ -890,6 +890,32 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
             st = mg_err(err, err_len, MG_ERR_FORMAT, "%s: vocabulary (%d) and model (%d) disagree", src,
                         mg_tokenizer_n_vocab(tok), m->cfg.n_vocab);
     }
+    /* LoRA: the mode is known now (--resume reads it from the checkpoint) */
+    const bool lora = (p.train_mask & TR_GROUP_LORA) != 0;
+    const int lrank = p.lora_rank > 0 ? p.lora_rank : TR_LORA_DEFAULT_RANK;
+    const float lalpha = p.lora_alpha > 0 ? p.lora_alpha : TR_LORA_DEFAULT_ALPHA;
+    if (st == MG_OK && !lora && (p.lora_rank != 0 || p.lora_alpha != 0))
+        st = mg_err(err, err_len, MG_ERR_INVALID_ARG,
+                    "--lora-rank and --lora-alpha need --train lora or --train proj+lora");
+    else if (st == MG_OK && (p.lora_rank < 0 || !(p.lora_alpha >= 0) || !isfinite(p.lora_alpha)))
+        st = mg_err(err, err_len, MG_ERR_INVALID_ARG, "LoRA rank %d / alpha %g: both must be positive", p.lora_rank,
+                    (double)p.lora_alpha);
+    if (st == MG_OK && m) {
+        const tr_config *mc = &m->cfg;
+        if (lora && mc->lora_rank == 0) /* --init from a model without adapters: fresh ones */
+            st = tr_lora_attach(&m, lrank, lalpha, p.seed, err, err_len);
+        else if (lora && p.lora_rank > 0 && p.lora_rank != mc->lora_rank)
+            st = mg_err(err, err_len, MG_ERR_INVALID_ARG,
+                        "--lora-rank %d: the checkpoint's LoRA adapters have rank %d and are kept (leave the option "
+                        "out, or merge them: export the model and --init from it)", p.lora_rank, mc->lora_rank);
+        else if (lora && p.lora_alpha > 0 && p.lora_alpha != mc->lora_alpha)
+            st = mg_err(err, err_len, MG_ERR_INVALID_ARG,
+                        "--lora-alpha %g: the checkpoint's LoRA adapters have alpha %g and are kept (leave the "
+                        "option out, or merge them: export the model and --init from it)", (double)p.lora_alpha,
+                        (double)mc->lora_alpha);
+        else if (!lora && mc->lora_rank > 0) /* another mode: the adapters are merged into attn_q / attn_v */
+            st = tr_lora_merge(&m, err, err_len);
+    }
     if (st == MG_OK && d.use_folder) st = tl_folder_load(&d.folder, p.data_dir, err, err_len);
     if (st == MG_OK && !d.use_folder) st = world_opts_parse(p.scene, &d.scene, err, err_len);
     if (st == MG_OK && !m) {
@@ -909,6 +935,8 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
                                     ? (p.aux_labels == TL_AUX_DEFAULT ? WORLD_PATCH_CLASSES : head_classes(p.aux_labels))
                                     : 0;
             p.cfg.aux_mask = p.mask_weight > 0 && !d.use_folder ? p.cfg.patch_size * p.cfg.patch_size : 0;
+            p.cfg.lora_rank = lora ? lrank : 0;
+            p.cfg.lora_alpha = lora ? lalpha : 0.0f;
             st = tr_model_create(&m, &p.cfg, p.seed, p.n_threads, err, err_len);
         }
     }

@@ -38,6 +38,13 @@ typedef struct {
     int64_t steps;           /* total optimizer steps (the schedule's length) */
     tr_opt opt;              /* lr, warm-up, cosine end, AdamW, clipping (opt.total = steps) */
     int train_mask;          /* TR_GROUP_* */
+    int lora_rank;           /* LoRA modes (TR_GROUP_LORA): adapters' rank, 0 = TR_LORA_DEFAULT_RANK; other
+                                modes: must be 0. A model without adapters gets fresh ones (tr_lora_attach,
+                                from seed); a model with adapters keeps them (a rank given must be theirs).
+                                A non-LoRA mode merges a model's adapters first (tr_lora_merge). cfg's
+                                lora_rank / lora_alpha are not used */
+    float lora_alpha;        /* LoRA modes: scale = alpha / rank; 0 = TR_LORA_DEFAULT_ALPHA (16; a given one
+                                must match the adapters' alpha); other modes: must be 0 */
     int n_threads;
     const char *out_path;    /* final model (parameters only); NULL: none */
     const char *ckpt_path;   /* checkpoint with optimizer state; NULL: none */

@@ -2,7 +2,8 @@
  * test_trainloop.c - the training loop of `minigpt train` (src/trainloop.c) and the shipped demo
  * model: the loss falls on a tiny configuration, resume is bit-identical, proj mode changes only
  * the projection, the user-folder JSONL input works and rejects malformed lines, the vocabulary
- * makes boxes short, and models/demo.gguf (when present) answers held-out [refer] questions.
+ * makes boxes short, LoRA stages (--train lora / proj+lora) attach, keep, merge and export their
+ * adapters, and models/demo.gguf (when present) answers held-out [refer] questions.
  */
 #include "test.h"
 
@@ -771,4 +772,162 @@ TEST(trainloop_split_labels) {
               r2.n ? r2.aux[0] : -1.0f);
     unlink(ck);
     unlink(ck2);
+}
+
+/* Largest |a - b| over float tensor `name` of two files (+inf when either lacks it or sizes differ). */
+static double tensor_diff(const char *a, const char *b, const char *name) {
+    char err[256];
+    gguf_file *fa = NULL, *fb = NULL;
+    double worst = INFINITY;
+    if (gguf_open(&fa, a, err, sizeof err) == MG_OK && gguf_open(&fb, b, err, sizeof err) == MG_OK) {
+        const gguf_tensor *ta = gguf_find_tensor(fa, name), *tb = gguf_find_tensor(fb, name);
+        if (ta && tb && ta->nbytes == tb->nbytes && ta->type == MG_TYPE_F32) {
+            worst = 0;
+            const float *x = ta->data, *y = tb->data;
+            for (uint64_t i = 0; i < ta->nbytes / 4; i++) worst = fmax(worst, fabs((double)x[i] - y[i]));
+        }
+    }
+    gguf_close(fa);
+    gguf_close(fb);
+    return worst;
+}
+
+/* Tensors whose name starts with prefix in a file (-1: unreadable). */
+static int count_prefix(const char *path, const char *prefix) {
+    char err[256];
+    gguf_file *f = NULL;
+    if (gguf_open(&f, path, err, sizeof err) != MG_OK) return -1;
+    int n = 0;
+    for (int64_t i = 0; i < gguf_n_tensors(f); i++)
+        n += strncmp(gguf_tensor_at(f, i)->name.ptr, prefix, strlen(prefix)) == 0;
+    gguf_close(f);
+    return n;
+}
+
+/* --train lora through the loop: --init from a model without adapters gives fresh ones (rank 8,
+ * alpha 16 by default) while every base tensor stays as it was; -o merges them (only attn_q and
+ * attn_v differ from the base; no lora.* tensors); stop + --resume = one run; --init from the
+ * checkpoint keeps its adapters (another --lora-rank is refused); a non-LoRA mode merges them
+ * first (its attn_q is the export's); LoRA options with another mode, or a rank past the matrices,
+ * are refused with their reason, also through the CLI. */
+TEST(trainloop_lora) {
+    char base[4096], bck[4200], lck[4096], lout[4096], part[4096], k2[4096], pck[4096], err[512];
+    snprintf(base, sizeof base, "%s/tl_lbase.gguf", test_data_dir());
+    snprintf(bck, sizeof bck, "%s.ckpt", base);
+    snprintf(lck, sizeof lck, "%s/tl_lora.ckpt", test_data_dir());
+    snprintf(lout, sizeof lout, "%s/tl_lora.gguf", test_data_dir());
+    snprintf(part, sizeof part, "%s/tl_lora_part.ckpt", test_data_dir());
+    snprintf(k2, sizeof k2, "%s/tl_lora_keep.ckpt", test_data_dir());
+    snprintf(pck, sizeof pck, "%s/tl_lora_proj.ckpt", test_data_dir());
+    tl_params p = tiny_params();
+    p.steps = 2;
+    p.out_path = base;
+    CHECK_MSG(tl_train(&p, NULL, NULL, err, sizeof err) == MG_OK, "%s", err);
+    /* a LoRA stage on it */
+    p = tiny_params();
+    p.steps = 4;
+    p.init_path = base;
+    p.ckpt_path = lck;
+    p.out_path = lout;
+    CHECK(tr_parse_mode("lora", &p.train_mask, err, sizeof err) == MG_OK);
+    recorder r1 = {0};
+    CHECK_MSG(tl_train(&p, record, &r1, err, sizeof err) == MG_OK, "%s", err);
+    tr_model *b = NULL, *l = NULL;
+    CHECK(tr_load(&b, base, 1, err, sizeof err) == MG_OK);
+    CHECK(tr_load(&l, lck, 1, err, sizeof err) == MG_OK);
+    if (!b || !l) {
+        tr_model_free(b);
+        tr_model_free(l);
+        return;
+    }
+    CHECK_EQ_INT(l->cfg.lora_rank, TR_LORA_DEFAULT_RANK);
+    CHECK(l->cfg.lora_alpha == TR_LORA_DEFAULT_ALPHA);
+    CHECK_EQ_INT(l->train_mask, TR_GROUP_LORA);
+    CHECK_EQ_INT(l->n_tensors, b->n_tensors + 4 * l->cfg.n_layer);
+    int same_base = 0;
+    for (int i = 0; i < b->n_tensors; i++) {
+        const tr_tensor *t = &b->tensors[i];
+        const int j = tr_find_tensor(l, t->name);
+        same_base += j >= 0 && !memcmp(b->params + t->off, l->params + l->tensors[j].off, (size_t)t->n * sizeof(float));
+    }
+    CHECK_EQ_INT(same_base, b->n_tensors);
+    const int ib = tr_find_tensor(l, "lora.blk.0.attn_v.b");
+    int64_t nz = 0;
+    for (int64_t j = 0; ib >= 0 && j < l->tensors[ib].n; j++) nz += l->params[l->tensors[ib].off + j] != 0.0f;
+    CHECK(nz > 0);
+    tr_model_free(b);
+    tr_model_free(l);
+    /* the export: merged, plain */
+    CHECK_EQ_INT(count_prefix(lck, "lora."), 4);
+    CHECK_EQ_INT(count_prefix(lout, "lora."), 0);
+    CHECK_EQ_INT(count_prefix(lout, "opt."), 0);
+    CHECK(!same_tensor(base, lout, "blk.0.attn_q.weight") && !same_tensor(base, lout, "blk.0.attn_v.weight"));
+    CHECK(same_tensor(base, lout, "blk.0.attn_k.weight") && same_tensor(base, lout, "mm.proj.weight"));
+    mg_model *em = NULL;
+    mg_model_params mp = mg_model_default_params();
+    mp.n_threads = 1;
+    CHECK_MSG(mg_model_open(&em, lout, &mp, err, sizeof err) == MG_OK, "%s", err);
+    mg_model_close(em);
+    /* stop at step 2, resume: the same bits as the uninterrupted stage */
+    p.out_path = NULL;
+    p.ckpt_path = part;
+    recorder r2 = {.stop_at = 2}, r3 = {0};
+    CHECK(tl_train(&p, record, &r2, err, sizeof err) == MG_ERR_CANCELLED);
+    tl_params q = tiny_params();
+    q.resume_path = part;
+    q.ckpt_path = part;
+    CHECK_MSG(tl_train(&q, record, &r3, err, sizeof err) == MG_OK, "%s", err);
+    CHECK(same_model(lck, part, true));
+    CHECK(r3.n == 2 && r1.loss[2] == r3.loss[0] && r1.loss[3] == r3.loss[1]);
+    /* --init from the checkpoint keeps its adapters (a rate of 1e-30 leaves them as they are) */
+    q = tiny_params();
+    q.seed = 77; /* fresh adapters would come from another seed */
+    q.steps = 1;
+    q.opt.lr = q.opt.lr_min = 1e-30f;
+    q.init_path = lck;
+    q.ckpt_path = k2;
+    CHECK(tr_parse_mode("proj+lora", &q.train_mask, err, sizeof err) == MG_OK);
+    CHECK_MSG(tl_train(&q, NULL, NULL, err, sizeof err) == MG_OK, "%s", err);
+    CHECK(tensor_diff(lck, k2, "lora.blk.0.attn_q.a") == 0.0);
+    CHECK(tensor_diff(lck, k2, "lora.blk.0.attn_q.b") < 1e-20);
+    q.lora_rank = 4;
+    CHECK(tl_train(&q, NULL, NULL, err, sizeof err) == MG_ERR_INVALID_ARG);
+    CHECK_MSG(strstr(err, "--lora-rank 4") && strstr(err, "rank 8"), "%s", err);
+    /* another mode merges them: attn_q is the export's, no adapters remain */
+    q = tiny_params();
+    q.steps = 1;
+    q.train_mask = TR_GROUP_PROJ;
+    q.init_path = lck;
+    q.ckpt_path = pck;
+    CHECK_MSG(tl_train(&q, NULL, NULL, err, sizeof err) == MG_OK, "%s", err);
+    CHECK_EQ_INT(count_prefix(pck, "lora."), 0);
+    CHECK(same_tensor(pck, lout, "blk.0.attn_q.weight") && same_tensor(pck, lout, "blk.0.attn_v.weight"));
+    /* refused */
+    q = tiny_params();
+    q.lora_rank = 4; /* with a non-LoRA mode */
+    CHECK(tl_train(&q, NULL, NULL, err, sizeof err) == MG_ERR_INVALID_ARG);
+    CHECK_MSG(strstr(err, "--lora-rank") && strstr(err, "--train lora"), "%s", err);
+    q = tiny_params();
+    q.lora_alpha = 4.0f;
+    CHECK(tl_train(&q, NULL, NULL, err, sizeof err) == MG_ERR_INVALID_ARG);
+    q = tiny_params();
+    q.train_mask = TR_GROUP_LORA;
+    q.lora_rank = 49; /* past the tiny model's 48 */
+    CHECK(tl_train(&q, NULL, NULL, err, sizeof err) == MG_ERR_INVALID_ARG);
+    CHECK_MSG(strstr(err, "LoRA rank 49 not in [1, 48]") != NULL, "%s", err);
+    const char *bin = getenv("MG_BIN") ? getenv("MG_BIN") : "build/minigpt";
+    CHECK(test_run("%s train --help | grep -q -- 'proj+lora'", bin) == 0);
+    CHECK(test_run("%s train --help | grep -q -- '--lora-rank R'", bin) == 0);
+    CHECK(test_run("%s train --help | grep -q -- '--lora-alpha A'", bin) == 0);
+    CHECK(test_run("%s train -o %s.x --train lora --lora-rank 0 2>&1 | grep -q 'lora-rank 0'", bin, lout) == 0);
+    CHECK(test_run("%s train -o %s.x --train lora --lora-alpha -1 2>&1 | grep -q 'bad value for --lora-alpha'", bin,
+                   lout) == 0);
+    CHECK(test_run("%s train -o %s.x --train lora2 2>&1 | grep -q \"unknown training mode 'lora2'\"", bin, lout) == 0);
+    CHECK(test_run("%s train -q -o %s.x --train llm --lora-rank 4 --steps 1 2>&1 | grep -q 'need --train lora'", bin,
+                   lout) == 0);
+    CHECK(access(lout, F_OK) == 0);
+    unlink(bck);
+    unlink(part);
+    unlink(k2);
+    unlink(pck);
 }

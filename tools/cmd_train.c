@@ -32,6 +32,16 @@ static void usage(FILE *f) {
             "                    recipe; llm: the projection and the tower stay frozen)\n"
             "                    | vision-aux: only the vision tower learns, from the auxiliary\n"
             "                    losses alone (the language model is not run; needs --aux)\n"
+            "                    | lora: only LoRA adapters on the language model's attention q\n"
+            "                    and v learn | proj+lora: the projection and the adapters\n"
+            "                    (MiniGPT-v2's recipe). A model without adapters gets fresh ones\n"
+            "                    (B = 0: same outputs at step 0); -o merges them into attn_q/v.\n"
+            "                    Other modes merge a checkpoint's adapters before training\n"
+            "  --lora-rank R     rank of new adapters (lora modes only; default 8; 1 .. the\n"
+            "                    smaller of the width and the k/v rows)\n"
+            "  --lora-alpha A    new adapters' scale is alpha / rank (lora modes only; default\n"
+            "                    16 for any rank: a scale of 2 at rank 8). A checkpoint's\n"
+            "                    adapters keep their rank and alpha\n"
             "  --tasks W,W,...   weights of none,grounding,refer,detection,identify,vqa,caption\n"
             "                    (default 0,1,4,2,2,2,1)\n"
             "  --max-objects N   world: only scenes with at most N objects (curriculum; 0: any)\n"
@@ -202,6 +212,20 @@ int cmd_train(int argc, char **argv) {
         FLTOPT("--aux", p.aux_weight)
         FLTOPT("--aux-mask", p.mask_weight)
         FLTOPT("--pos-sincos", p.cfg.pos_sincos)
+        if (!strcmp(a, "--lora-rank")) {
+            if (!has || !cli_parse_int(argv[++i], 0, 65536, &v)) return cli_error("train", "bad value for --lora-rank");
+            if (v == 0)
+                return cli_error("train", "--lora-rank 0: a LoRA mode needs a rank of at least 1 (default %d)",
+                                 TR_LORA_DEFAULT_RANK);
+            p.lora_rank = (int)v;
+            continue;
+        }
+        if (!strcmp(a, "--lora-alpha")) {
+            if (!has || !cli_parse_float(argv[++i], &x) || !(x > 0) || x > 1e6)
+                return cli_error("train", "bad value for --lora-alpha (a positive number)");
+            p.lora_alpha = (float)x;
+            continue;
+        }
 #undef INTOPT
 #undef FLTOPT
         if (!strcmp(a, "-o") && has) out = argv[++i];
