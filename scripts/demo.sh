@@ -15,8 +15,9 @@ fi
 mkdir -p build/demo
 # The bundled images are held-out scenes of the demo model's world (`minigpt synth --eval --seed 7
 # --size 96 --scene objects=1,bg=plain,shapes=circle+square+triangle+star+diamond+cross,
-# sizes=medium+large`, scenes 0, 1, 4, 11); each gets a caption, a grounded description, and a
-# [refer], [detection] and [vqa] question about its object.
+# sizes=medium+large`, scenes 0, 1, 4, 11) and two scenes of several objects (the same with
+# `objects=2-3`, scenes 1 and 4: multi-1, multi-4); each gets a caption, a grounded description,
+# and a [refer], [detection] and [vqa] question.
 vq="Based on the image, respond to this question with a short answer:"
 ask() { # image name task prompt
     echo "== $1 [$3] ${4:-}"
@@ -38,5 +39,7 @@ scene-0|diamond|cyan diamond|What shape is the cyan object?
 scene-1|cross|yellow cross|What color is the cross?
 scene-4|red circle|red circle|What shape is the red object?
 scene-11|large green square|green square|Is there a green triangle?
+multi-1|green square|cyan triangle|What color is the cross?
+multi-4|red star|red circle|How many red objects are there?
 EOF_LIST
 echo "annotated images in build/demo/"
