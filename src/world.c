@@ -326,6 +326,7 @@ mg_status world_scene_generate_opts(world_scene *sc, uint64_t seed, uint64_t ind
         return mg_err(err, err_len, MG_ERR_INVALID_ARG, "world: image size %d not in 64..4096", size);
     sc->w = sc->h = size;
     sc->seed = mix64(mix64(seed ^ (held_out ? 0x5EEDE7A1C0FFEE11ull : 0)) + index * 0x9E3779B97F4A7C15ull);
+    sc->vqa_kinds = op ? op->vqa : 0;
     size_t npx = (size_t)size * size;
     uint8_t *own = malloc(npx * NSAMP);
     uint8_t *bg = malloc(npx * 3);
@@ -858,6 +859,12 @@ mg_status world_scene_examples(const world_scene *sc, unsigned task_mask, bool e
     }
     if (task_mask & (1u << MG_TASK_VQA)) {
         int kinds[5] = {0, 1, 2, 3, 4};
+        if (sc->vqa_kinds & ((1u << WORLD_N_VQA) - 1)) { /* only the allowed kinds, in turn */
+            int allowed[WORLD_N_VQA], m = 0;
+            for (int k = 0; k < WORLD_N_VQA; k++)
+                if (sc->vqa_kinds & 1u << k) allowed[m++] = k;
+            for (int k = 0; k < 5; k++) kinds[k] = allowed[k % m];
+        }
         for (int i = 4; i > 0; i--) {
             int j = rng_int(&r, i + 1), t = kinds[i];
             kinds[i] = kinds[j];
@@ -1006,6 +1013,8 @@ int world_mentions(const char *text, int out[][2], int max) {
 
 /* ==== Scene options (curriculum) ==== */
 
+static const char *const VQA_KINDS[WORLD_N_VQA] = {"count", "color", "shape", "where", "yesno"};
+
 /* Index of name [p, p+n) in table (of count entries), or -1. */
 static int name_index(const char *const *table, int count, const char *p, size_t n) {
     for (int i = 0; i < count; i++)
@@ -1075,9 +1084,11 @@ mg_status world_opts_parse(const char *spec, world_opts *o, char *err, size_t er
             st = parse_names("shape", v, vn, SHAPES, WORLD_N_SHAPES, &o->shapes, err, err_len);
         } else if (KEY("sizes")) {
             st = parse_names("size", v, vn, SIZES, WORLD_N_SIZES, &o->sizes, err, err_len);
+        } else if (KEY("vqa")) {
+            st = parse_names("vqa kind", v, vn, VQA_KINDS, WORLD_N_VQA, &o->vqa, err, err_len);
         } else {
             return mg_err(err, err_len, MG_ERR_INVALID_ARG,
-                          "scene: unknown key '%.*s' (objects, bg, tones, colors, shapes, sizes)", (int)MG_MIN(kn, (size_t)40), p);
+                          "scene: unknown key '%.*s' (objects, bg, tones, colors, shapes, sizes, vqa)", (int)MG_MIN(kn, (size_t)40), p);
         }
 #undef KEY
         if (st != MG_OK) return st;
@@ -1116,6 +1127,7 @@ void world_opts_format(const world_opts *o, char *buf, size_t len) {
         format_mask(buf, len, "colors", o->colors, COLORS, WORLD_N_COLORS);
         format_mask(buf, len, "shapes", o->shapes, SHAPES, WORLD_N_SHAPES);
         format_mask(buf, len, "sizes", o->sizes, SIZES, WORLD_N_SIZES);
+        format_mask(buf, len, "vqa", o->vqa, VQA_KINDS, WORLD_N_VQA);
     }
     if (!buf[0]) snprintf(buf, len, "all");
 }

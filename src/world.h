@@ -37,6 +37,7 @@ typedef struct {
     int n_objects;
     world_object objects[WORLD_MAX_OBJECTS]; /* in drawing order (later ones on top) */
     uint64_t seed;              /* this scene's own seed (from the set seed and the index) */
+    unsigned vqa_kinds;         /* [vqa] question kinds its examples may ask (world_opts.vqa; 0: all) */
     mg_image image;             /* the rendered pixels, owned by the scene */
 } world_scene;
 
@@ -83,13 +84,17 @@ typedef struct {
     unsigned colors;              /* bit per colour */
     unsigned shapes;              /* bit per shape */
     unsigned sizes;               /* bit per size class */
+    unsigned vqa;                 /* bit per WORLD_VQA_* question kind (0: all) */
 } world_opts;
+
+/* The kinds of [vqa] question (world_opts.vqa; scene key vqa=count+color+shape+where+yesno). */
+enum { WORLD_VQA_COUNT, WORLD_VQA_COLOR, WORLD_VQA_SHAPE, WORLD_VQA_WHERE, WORLD_VQA_YESNO, WORLD_N_VQA };
 
 enum { WORLD_N_TONES = 8 };
 
-/* Parses "objects=1-2,bg=plain+gradient,tones=0+1,colors=red+blue,shapes=square,sizes=large"
+/* Parses "objects=1-2,bg=plain+gradient,tones=0+1,colors=red+blue,shapes=square,sizes=large,vqa=yesno"
  * (keys in any order, each optional; "all" or "" for everything). Unknown keys, names or ranges
- * fail with a message. */
+ * fail with a message. vqa= does not change the scenes, only which [vqa] questions are asked. */
 mg_status world_opts_parse(const char *spec, world_opts *o, char *err, size_t err_len);
 /* The canonical spec of o ("all" for the full world) into buf. */
 void world_opts_format(const world_opts *o, char *buf, size_t len);

@@ -208,3 +208,58 @@ TEST(world_scene_options) {
     CHECK(world_scene_generate_opts(&sc, 1, 0, 96, false, &o, err, sizeof err) == MG_ERR_INVALID_ARG);
     CHECK(strstr(err, "admit no scene") != NULL);
 }
+
+/* vqa=KINDS (scene key): only those [vqa] question kinds are asked, up to three a scene; the
+ * scenes and every other example are those of the same spec without the key; bad kinds fail. */
+TEST(world_scene_vqa_kinds) {
+    world_opts all, yn, two;
+    char err[256], buf[256];
+    CHECK(world_opts_parse("objects=1-3", &all, err, sizeof err) == MG_OK);
+    CHECK(world_opts_parse("objects=1-3,vqa=yesno", &yn, err, sizeof err) == MG_OK);
+    CHECK(world_opts_parse("vqa=Count+where", &two, err, sizeof err) == MG_OK);
+    world_opts_format(&two, buf, sizeof buf);
+    CHECK_MSG(!strcmp(buf, "vqa=count+where"), "format gave %s", buf);
+    const char *bad[] = {"vqa=why", "vqa=yesno+", "vqa=count++shape"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        err[0] = 0;
+        CHECK(world_opts_parse(bad[i], &yn, err, sizeof err) == MG_ERR_INVALID_ARG);
+        CHECK(strstr(err, "scene:") != NULL);
+    }
+    CHECK(world_opts_parse("objects=1-3,vqa=yesno", &yn, err, sizeof err) == MG_OK);
+    world_example *ea = malloc(sizeof *ea * WORLD_MAX_EXAMPLES), *eb = malloc(sizeof *eb * WORLD_MAX_EXAMPLES);
+    CHECK(ea && eb);
+    int yes = 0, no = 0, other_kinds_before = 0;
+    for (int k = 0; ea && eb && k < 30; k++) {
+        world_scene a, b;
+        int na = 0, nb = 0;
+        CHECK(world_scene_generate_opts(&a, 4, (uint64_t)k, 96, false, &all, err, sizeof err) == MG_OK);
+        CHECK(world_scene_generate_opts(&b, 4, (uint64_t)k, 96, false, &yn, err, sizeof err) == MG_OK);
+        CHECK(a.n_objects == b.n_objects && memcmp(a.image.rgb, b.image.rgb, (size_t)96 * 96 * 3) == 0);
+        CHECK(world_scene_examples(&a, 1u << MG_TASK_VQA | 1u << MG_TASK_REFER, false, ea, WORLD_MAX_EXAMPLES, &na, err, sizeof err) == MG_OK);
+        CHECK(world_scene_examples(&b, 1u << MG_TASK_VQA | 1u << MG_TASK_REFER, false, eb, WORLD_MAX_EXAMPLES, &nb, err, sizeof err) == MG_OK);
+        int ra = 0, rb = 0, vb = 0;
+        for (int i = 0; i < na; i++) {
+            if (ea[i].task == MG_TASK_REFER) ra++;
+            else other_kinds_before += strcmp(ea[i].question_type, "is there a") != 0;
+        }
+        for (int i = 0; i < nb; i++) {
+            if (eb[i].task == MG_TASK_REFER) {
+                rb++;
+                continue;
+            }
+            vb++;
+            CHECK_MSG(!strcmp(eb[i].question_type, "is there a"), "asked %s", eb[i].query);
+            CHECK(!strncmp(eb[i].query, "Is there a", 10));
+            yes += !strcmp(eb[i].answer, "yes");
+            no += !strcmp(eb[i].answer, "no");
+        }
+        CHECK_EQ_INT(ra, rb);
+        CHECK(vb >= 1 && vb <= 3);
+        world_scene_free(&a);
+        world_scene_free(&b);
+    }
+    CHECK(other_kinds_before > 0);
+    CHECK_MSG(yes > 10 && no > 10, "%d yes, %d no", yes, no);
+    free(ea);
+    free(eb);
+}
