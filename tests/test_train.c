@@ -745,20 +745,28 @@ TEST(train_bad_example) {
     tr_model_free(m);
 }
 
-/* A checkpoint runs in the engine: its vision tower gives the trainer's image rows and its
- * language model the trainer's last-row logits (so names, layouts and RoPE agree). */
-TEST(train_ckpt_runs_in_engine) {
-    char syn[4096], path[4096], err[256];
+/* Writes the tiny synthetic model (for its tokenizer) to DATA/train_tok.gguf and opens it;
+ * NULL after a failed CHECK. */
+static gguf_file *open_tiny_tokenizer(void) {
+    char syn[4096], err[256];
     snprintf(syn, sizeof syn, "%s/train_tok.gguf", test_data_dir());
-    snprintf(path, sizeof path, "%s/train_engine.gguf", test_data_dir());
     const synth_preset *sp = synth_find_preset("tiny");
     CHECK(sp != NULL);
     if (!sp || synth_write_gguf(sp, MG_TYPE_F32, 1, syn, err, sizeof err) != MG_OK) {
         CHECK_MSG(0, "synth: %s", err);
-        return;
+        return NULL;
     }
     gguf_file *tokf = NULL;
-    CHECK(gguf_open(&tokf, syn, err, sizeof err) == MG_OK);
+    CHECK_MSG(gguf_open(&tokf, syn, err, sizeof err) == MG_OK, "%s", err);
+    return tokf;
+}
+
+/* A checkpoint runs in the engine: its vision tower gives the trainer's image rows and its
+ * language model the trainer's last-row logits (so names, layouts and RoPE agree). */
+TEST(train_ckpt_runs_in_engine) {
+    char path[4096], err[256];
+    snprintf(path, sizeof path, "%s/train_engine.gguf", test_data_dir());
+    gguf_file *tokf = open_tiny_tokenizer();
     tr_model *m = make_model(41, 2);
     CHECK(m != NULL);
     if (!m || !tokf) {
@@ -1321,18 +1329,10 @@ static bool engine_last_logits(const char *path, const float *rows, int L, float
  * permuted layout get B A added as they are); the export has no lora.* tensors, only attn_q / attn_v
  * changed (and equal to tr_lora_merge's), and the engine refuses the checkpoint itself. */
 TEST(train_lora_merge_engine) {
-    char syn[4096], ck[4096], out[4096], err[256];
-    snprintf(syn, sizeof syn, "%s/train_tok.gguf", test_data_dir());
+    char ck[4096], out[4096], err[256];
     snprintf(ck, sizeof ck, "%s/train_lora.ckpt", test_data_dir());
     snprintf(out, sizeof out, "%s/train_lora.gguf", test_data_dir());
-    const synth_preset *sp = synth_find_preset("tiny");
-    CHECK(sp != NULL);
-    if (!sp || synth_write_gguf(sp, MG_TYPE_F32, 1, syn, err, sizeof err) != MG_OK) {
-        CHECK_MSG(0, "synth: %s", err);
-        return;
-    }
-    gguf_file *tokf = NULL;
-    CHECK(gguf_open(&tokf, syn, err, sizeof err) == MG_OK);
+    gguf_file *tokf = open_tiny_tokenizer();
     tr_model *m = make_model_lora(43, 2, 4);
     CHECK(m != NULL);
     if (!m || !tokf) {

@@ -154,16 +154,21 @@ TEST(trainloop_resume_bit_identical) {
     CHECK(!same_model(a, c, false));
 }
 
+/* The base model of the mode tests: the tiny model after 2 steps, written to `path`. */
+static bool train_tiny_base(const char *path, char *err, size_t err_len) {
+    tl_params p = tiny_params();
+    p.steps = 2;
+    p.out_path = path;
+    return tl_train(&p, NULL, NULL, err, err_len) == MG_OK;
+}
+
 /* --train proj: only mm.proj.* moves. */
 TEST(trainloop_proj_mode) {
     char base[4096], out[4096], err[512];
     snprintf(base, sizeof base, "%s/tl_base.gguf", test_data_dir());
     snprintf(out, sizeof out, "%s/tl_proj.gguf", test_data_dir());
+    CHECK_MSG(train_tiny_base(base, err, sizeof err), "%s", err);
     tl_params p = tiny_params();
-    p.steps = 2;
-    p.out_path = base;
-    CHECK_MSG(tl_train(&p, NULL, NULL, err, sizeof err) == MG_OK, "%s", err);
-    p = tiny_params();
     p.steps = 3;
     p.train_mask = TR_GROUP_PROJ;
     p.init_path = base;
@@ -847,12 +852,9 @@ TEST(trainloop_lora) {
     snprintf(part, sizeof part, "%s/tl_lora_part.ckpt", test_data_dir());
     snprintf(k2, sizeof k2, "%s/tl_lora_keep.ckpt", test_data_dir());
     snprintf(pck, sizeof pck, "%s/tl_lora_proj.ckpt", test_data_dir());
-    tl_params p = tiny_params();
-    p.steps = 2;
-    p.out_path = base;
-    CHECK_MSG(tl_train(&p, NULL, NULL, err, sizeof err) == MG_OK, "%s", err);
+    CHECK_MSG(train_tiny_base(base, err, sizeof err), "%s", err);
     /* a LoRA stage on it */
-    p = tiny_params();
+    tl_params p = tiny_params();
     p.steps = 4;
     p.init_path = base;
     p.ckpt_path = lck;
