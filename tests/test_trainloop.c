@@ -387,8 +387,8 @@ TEST(demo_model_refer) {
 }
 
 /* Two or three objects (the world of the last stages): the named one of several. At least 14 of
- * 20 (it finds 90.6% of the two-object and 77.4% of the three-object expressions of 1,000
- * held-out scenes; the model shipped before this one found about a third and fails here). */
+ * 20 (it finds 90.8% of the two-object and 78.4% of the three-object expressions of 1,000
+ * held-out scenes; the session-12 model found about a third and fails here). */
 TEST(demo_model_refer_several) {
     int asked = 0, hits = 0;
     if (!demo_refer_hits("objects=2-3,bg=plain,shapes=circle+square+triangle+star+diamond+cross,sizes=medium+large",
