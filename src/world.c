@@ -858,20 +858,20 @@ mg_status world_scene_examples(const world_scene *sc, unsigned task_mask, bool e
         }
     }
     if (task_mask & (1u << MG_TASK_VQA)) {
-        int kinds[5] = {0, 1, 2, 3, 4};
+        int kinds[WORLD_N_VQA] = {WORLD_VQA_COUNT, WORLD_VQA_COLOR, WORLD_VQA_SHAPE, WORLD_VQA_WHERE, WORLD_VQA_YESNO};
         if (sc->vqa_kinds & ((1u << WORLD_N_VQA) - 1)) { /* only the allowed kinds, in turn */
             int allowed[WORLD_N_VQA], m = 0;
             for (int k = 0; k < WORLD_N_VQA; k++)
                 if (sc->vqa_kinds & 1u << k) allowed[m++] = k;
-            for (int k = 0; k < 5; k++) kinds[k] = allowed[k % m];
+            for (int k = 0; k < WORLD_N_VQA; k++) kinds[k] = allowed[k % m];
         }
-        for (int i = 4; i > 0; i--) {
+        for (int i = WORLD_N_VQA - 1; i > 0; i--) {
             int j = rng_int(&r, i + 1), t = kinds[i];
             kinds[i] = kinds[j];
             kinds[j] = t;
         }
         int made = 0;
-        for (int k = 0; k < 5 && made < 3; k++) {
+        for (int k = 0; k < WORLD_N_VQA && made < 3; k++) {
             char q[200], a[32];
             const char *qt = NULL, *at = "other";
             int target = -1;
@@ -879,7 +879,7 @@ mg_status world_scene_examples(const world_scene *sc, unsigned task_mask, bool e
             const world_object *o = &sc->objects[t];
             q[0] = a[0] = 0;
             switch (kinds[k]) {
-            case 0: { /* count by shape or by colour */
+            case WORLD_VQA_COUNT: { /* count by shape or by colour */
                 int c = 0;
                 if (rng_int(&r, 2)) {
                     int s = rng_int(&r, 3) ? o->shape : rng_int(&r, WORLD_N_SHAPES);
@@ -894,7 +894,7 @@ mg_status world_scene_examples(const world_scene *sc, unsigned task_mask, bool e
                 at = "number";
                 break;
             }
-            case 1: { /* colour of an object singled out without its colour */
+            case WORLD_VQA_COLOR: { /* colour of an object singled out without its colour */
                 desc_t d = {o->shape, -1, -1, REL_NONE, -1, -1};
                 int which = -1;
                 if (desc_count(sc, &d, &which) != 1) {
@@ -909,7 +909,7 @@ mg_status world_scene_examples(const world_scene *sc, unsigned task_mask, bool e
                 target = t;
                 break;
             }
-            case 2: { /* shape of the object of a colour */
+            case WORLD_VQA_SHAPE: { /* shape of the object of a colour */
                 int c = 0;
                 for (int i = 0; i < sc->n_objects; i++) c += sc->objects[i].color == o->color;
                 if (c != 1) break;
@@ -919,7 +919,7 @@ mg_status world_scene_examples(const world_scene *sc, unsigned task_mask, bool e
                 target = t;
                 break;
             }
-            case 3: { /* position */
+            case WORLD_VQA_WHERE: { /* position */
                 const char *pw = position_word(sc, t, true);
                 desc_t d;
                 if (!pw || !describe_object(sc, t, &r, true, &d) || d.rel != REL_NONE) break;
@@ -931,7 +931,7 @@ mg_status world_scene_examples(const world_scene *sc, unsigned task_mask, bool e
                 target = t;
                 break;
             }
-            default: { /* yes/no: is there a <colour> <shape>? */
+            default: { /* WORLD_VQA_YESNO: is there a <colour> <shape>? */
                 int c = o->color, s = o->shape;
                 if (rng_int(&r, 2)) {
                     c = rng_int(&r, WORLD_N_COLORS);
