@@ -119,6 +119,17 @@ static void vec_add_ref(float *x, const float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] += y[i];
 }
 
+static void adamw_ref(float *p, const float *g, float *m1, float *m2, int64_t n, const mg_adamw_coef *c) {
+    const float b1 = c->beta1, b2 = c->beta2, c1 = 1.0f - b1, c2 = 1.0f - b2;
+    for (int64_t i = 0; i < n; i++) {
+        p[i] *= c->decay;
+        m1[i] = m1[i] * b1 + g[i] * c1;
+        m2[i] = m2[i] * b2 + g[i] * g[i] * c2;
+        const float denom = sqrtf(m2[i]) / c->bc2_sqrt + c->eps;
+        p[i] -= c->step_size * (m1[i] / denom);
+    }
+}
+
 /* C rows [m0, m1) x columns [n0, n1) += op(A) . B, row by row, k ascending (per element the order of
  * the SIMD paths). */
 static void gemm_acc_ref(float *C, const float *A, const float *B, int64_t M, int64_t N, int64_t K, bool a_trans,
@@ -172,7 +183,7 @@ static void mmw_ref(const mg_mm_args *a, int64_t n0, int64_t n1) {
 static const mg_kernel_table ref_table = {
     "ref", mm_ref, mm_ref, mm_ref, mm_ref, mm_ref, quantize_q8_0_ref, attn_scores_ref, attn_values_ref,
     mg_rmsnorm, mg_layernorm, mg_softmax, mg_silu, mg_gelu, transpose_ref, mg_gelu_bwd, vec_add_ref,
-    gemm_acc_ref, mmw_ref, mmw_ref, mmw_ref,
+    adamw_ref, gemm_acc_ref, mmw_ref, mmw_ref, mmw_ref,
 };
 static mg_kernel_table sel_table;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -573,6 +584,11 @@ void mg_gelu_bwd(float *dx, const float *dout, const float *x, int64_t n) {
 void mg_vec_add(float *x, const float *y, int64_t n) {
     mg_kernels_init();
     if (n > 0) sel_table.vec_add(x, y, n);
+}
+
+void mg_adamw(float *p, const float *g, float *m1, float *m2, int64_t n, const mg_adamw_coef *c) {
+    mg_kernels_init();
+    if (n > 0) sel_table.adamw(p, g, m1, m2, n, c);
 }
 
 /* cos/sin table of the last (head_dim, pos, theta) seen by this thread: all heads of a token

@@ -110,6 +110,14 @@ void mg_silu(float *x, int64_t n);
 void mg_gelu(float *x, int64_t n);        /* exact erf form, as torch.nn.GELU() */
 void mg_vec_mul(float *x, const float *y, int64_t n); /* x *= y */
 void mg_vec_add(float *x, const float *y, int64_t n); /* x += y (selected path; exact, so same bits) */
+/* One AdamW step over n parameters in torch.optim.AdamW's order of operations, one rounding per
+ * operation and no fused multiply-add, so every path gives the scalar loop's bits:
+ *   p *= decay;  m1 = m1 * beta1 + g * (1 - beta1);  m2 = m2 * beta2 + g * g * (1 - beta2);
+ *   p -= step_size * (m1 / (sqrt(m2) / bc2_sqrt + eps)) */
+typedef struct {
+    float decay, beta1, beta2, eps, step_size, bc2_sqrt;
+} mg_adamw_coef;
+void mg_adamw(float *p, const float *g, float *m1, float *m2, int64_t n, const mg_adamw_coef *c);
 /* NeoX / rotate-half RoPE on one head vector of length head_dim at position pos:
  * pairs (i, i + head_dim/2), inv_freq[i] = theta^(-2i/head_dim). */
 void mg_rope_neox(float *x, int head_dim, int pos, float theta);

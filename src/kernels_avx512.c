@@ -757,6 +757,26 @@ static void vec_add(float *x, const float *y, int64_t n) {
     }
 }
 
+/* AdamW (mg_adamw): the reference's operations in its order, 16 lanes at a time; mul, add, sub,
+ * div and sqrt are each correctly rounded, and none is fused, so the bits are the reference's. */
+static void adamw(float *p, const float *g, float *m1, float *m2, int64_t n, const mg_adamw_coef *c) {
+    const __m512 decay = _mm512_set1_ps(c->decay), b1 = _mm512_set1_ps(c->beta1), b2 = _mm512_set1_ps(c->beta2);
+    const __m512 c1 = _mm512_set1_ps(1.0f - c->beta1), c2 = _mm512_set1_ps(1.0f - c->beta2);
+    const __m512 eps = _mm512_set1_ps(c->eps), step = _mm512_set1_ps(c->step_size), bc2 = _mm512_set1_ps(c->bc2_sqrt);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        const __m512 gi = _mm512_maskz_loadu_ps(m, g + i);
+        const __m512 pi = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p + i), decay);
+        const __m512 a = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, m1 + i), b1), _mm512_mul_ps(gi, c1));
+        const __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, m2 + i), b2),
+                                       _mm512_mul_ps(_mm512_mul_ps(gi, gi), c2));
+        const __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(v), bc2), eps);
+        _mm512_mask_storeu_ps(m1 + i, m, a);
+        _mm512_mask_storeu_ps(m2 + i, m, v);
+        _mm512_mask_storeu_ps(p + i, m, _mm512_sub_ps(pi, _mm512_mul_ps(step, _mm512_div_ps(a, denom))));
+    }
+}
+
 /* dst[c * R + r] = src[r * C + c] by 16 x 16 tiles held in 16 registers. Transposing swaps bit
  * k of the row index with bit k of the column index for k = 0..3; each stage swaps one pair:
  * rows i (bit k clear) and i' = i | 2^k become, for column j, (j bit k clear: r_i[j], set:
@@ -1070,6 +1090,7 @@ bool mg_kernels_fill_avx512(mg_kernel_table *t) {
     t->transpose = transpose;
     t->gelu_bwd = gelu_bwd;
     t->vec_add = vec_add;
+    t->adamw = adamw;
     t->gemm_acc = gemm_acc;
     t->mmw_f32 = mmw_f32;
     t->mmw_f16 = mmw_f16;

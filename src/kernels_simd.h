@@ -53,6 +53,7 @@ typedef struct {
     void (*transpose)(float *dst, const float *src, int64_t R, int64_t C);
     void (*gelu_bwd)(float *dx, const float *dout, const float *x, int64_t n);
     void (*vec_add)(float *x, const float *y, int64_t n);
+    void (*adamw)(float *p, const float *g, float *m1, float *m2, int64_t n, const mg_adamw_coef *c);
     /* rows [m0, m1) x columns [n0, n1) of mg_gemm_acc's C, every k */
     void (*gemm_acc)(float *C, const float *A, const float *B, int64_t M, int64_t N, int64_t K, bool a_trans,
                      int64_t m0, int64_t m1, int64_t n0, int64_t n1);

@@ -1047,19 +1047,14 @@ double tr_clip_grad(tr_model *m, float max_norm) {
     return norm;
 }
 
-/* torch.optim.AdamW's single-tensor update, in the same order of operations. */
+/* torch.optim.AdamW's single-tensor update, in the same order of operations (mg_adamw: SIMD,
+ * the scalar loop's bits). */
 void tr_adamw_update(float *p, const float *g, float *mom1, float *mom2, int64_t n, float lr, float beta1,
                      float beta2, float eps, float wd, int64_t t) {
     const double bc1 = 1.0 - pow((double)beta1, (double)t), bc2 = 1.0 - pow((double)beta2, (double)t);
-    const float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
-    const float decay = 1.0f - lr * wd;
-    for (int64_t i = 0; i < n; i++) {
-        p[i] *= decay;
-        mom1[i] = mom1[i] * beta1 + g[i] * (1.0f - beta1);
-        mom2[i] = mom2[i] * beta2 + g[i] * g[i] * (1.0f - beta2);
-        const float denom = sqrtf(mom2[i]) / bc2_sqrt + eps;
-        p[i] -= step_size * (mom1[i] / denom);
-    }
+    const mg_adamw_coef c = {.decay = 1.0f - lr * wd, .beta1 = beta1, .beta2 = beta2, .eps = eps,
+                             .step_size = (float)(lr / bc1), .bc2_sqrt = (float)sqrt(bc2)};
+    mg_adamw(p, g, mom1, mom2, n, &c);
 }
 
 /* One tensor's AdamW split over the pool's threads: the update is elementwise, so the split

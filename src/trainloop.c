@@ -455,6 +455,8 @@ typedef struct {
     int32_t *plabels;      /* [slots, Np] auxiliary patch labels (when the model has the head) */
     int n_patch, patch;    /* Np and the patch size */
     bool shape_labels;     /* the head classifies shape only (WORLD_PATCH_SHAPE_CLASSES) */
+    bool heads_learn;      /* the tower and its heads learn: training examples need labels and masks (a
+                            * frozen tower's heads change no gradient, so none are made for them) */
     float *aux_loss;       /* [slots] */
     float *pmasks;         /* [slots, Np * P * P] auxiliary pixel masks (when the model has the head) */
     float *mask_loss;      /* [slots] */
@@ -530,7 +532,7 @@ static mg_status data_get_with(tl_data *d, world_example *exbuf, uint64_t c, boo
             st = tl_encode(d->tok, exbuf[pick].instruction, exbuf[pick].answer, ids, mask, d->max_text, &n_text,
                            &img_pos, err, err_len);
             if (st == MG_OK) mg_image_to_tensor(&sc.image, NULL, NULL, image);
-            if (st == MG_OK && d->plabels) {
+            if (st == MG_OK && d->plabels && (eval || d->heads_learn)) {
                 int32_t *lab = d->plabels + (size_t)slot * (size_t)d->n_patch;
                 st = world_patch_labels(&sc, d->patch, lab, err, err_len);
                 for (int i = 0; st == MG_OK && d->shape_labels && i < d->n_patch; i++)
@@ -538,7 +540,7 @@ static mg_status data_get_with(tl_data *d, world_example *exbuf, uint64_t c, boo
                 for (int i = 0; st == MG_OK && p->aux_objects && !eval && i < d->n_patch; i++)
                     if (lab[i] == 0) lab[i] = -1; /* background left out of the loss */
             }
-            if (st == MG_OK && d->pmasks && !eval)
+            if (st == MG_OK && d->pmasks && !eval && d->heads_learn)
                 st = world_patch_masks(&sc, d->patch,
                                        d->pmasks + (size_t)slot * (size_t)d->n_patch * (size_t)(d->patch * d->patch),
                                        err, err_len);
@@ -552,12 +554,12 @@ static mg_status data_get_with(tl_data *d, world_example *exbuf, uint64_t c, boo
     out->mask = mask;
     out->n_text = n_text;
     out->img_pos = img_pos;
-    if (d->plabels && !d->use_folder && !eval) {
+    if (d->plabels && !d->use_folder && !eval && d->heads_learn) {
         out->patch_labels = d->plabels + (size_t)slot * (size_t)d->n_patch;
         out->aux_weight = p->aux_weight;
         out->aux_loss = &d->aux_loss[slot];
     }
-    if (d->pmasks && !d->use_folder && !eval) {
+    if (d->pmasks && !d->use_folder && !eval && d->heads_learn) {
         out->patch_masks = d->pmasks + (size_t)slot * (size_t)d->n_patch * (size_t)(d->patch * d->patch);
         out->mask_weight = p->mask_weight;
         out->mask_loss = &d->mask_loss[slot];
@@ -970,6 +972,7 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
         }
         if (!d.mask_loss) st = mg_err(err, err_len, MG_ERR_NOMEM, "out of memory");
         d.shape_labels = m->cfg.aux_classes == WORLD_PATCH_SHAPE_CLASSES;
+        d.heads_learn = (p.train_mask & TR_GROUP_VISION) != 0;
         if ((p.train_mask & TR_AUX_ONLY) && (d.use_folder || (p.aux_weight <= 0 && p.mask_weight <= 0)))
             st = mg_err(err, err_len, MG_ERR_INVALID_ARG,
                         "--train vision-aux learns from the auxiliary losses alone: it needs the synthetic world "
@@ -1027,8 +1030,8 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
             asum += batch_ex[b].aux_loss ? *batch_ex[b].aux_loss : 0.0f;
             msum += batch_ex[b].mask_loss ? *batch_ex[b].mask_loss : 0.0f;
         }
-        pg.aux_loss = (float)(asum / p.batch);
-        pg.mask_loss = (float)(msum / p.batch);
+        pg.aux_loss = d.heads_learn ? (float)(asum / p.batch) : -1.0f;
+        pg.mask_loss = d.heads_learn ? (float)(msum / p.batch) : -1.0f;
         float lr;
         double gn;
         tr_step(m, &p.opt, &lr, &gn);

@@ -73,8 +73,9 @@ typedef struct {
     float eval_loss;         /* TL_EV_EVAL: teacher-forced loss on held-out examples */
     float eval_tok_acc;      /* TL_EV_EVAL: argmax accuracy on answer tokens, 0..1 */
     float eval_exact;        /* TL_EV_EVAL: fraction of answers entirely right under teacher forcing */
-    float aux_loss;          /* TL_EV_STEP: mean auxiliary patch loss of the batch (0 when off) */
-    float mask_loss;         /* TL_EV_STEP: mean auxiliary mask loss of the batch (0 when off) */
+    float aux_loss;          /* TL_EV_STEP: mean auxiliary patch loss of the batch (0 when off; -1 when
+                              * the tower is frozen: its heads change no gradient and are not run) */
+    float mask_loss;         /* TL_EV_STEP: mean auxiliary mask loss of the batch (the same) */
     float eval_image_gain;   /* TL_EV_EVAL: held-out loss with another example's image minus with its own
                                 (about 0 while the model ignores the image) */
     float eval_patch_color;  /* TL_EV_EVAL: share of object patches whose colour the auxiliary head

@@ -20,6 +20,7 @@
 
 #define SS 4                /* samples per pixel side */
 #define NSAMP (SS * SS)
+_Static_assert(NSAMP == 16, "the compositing fast path reads a pixel's samples as two 8-byte words");
 #define NO_OWNER 0xFF
 #define PI_D 3.14159265358979323846
 
@@ -367,6 +368,14 @@ mg_status world_scene_generate_opts(world_scene *sc, uint64_t seed, uint64_t ind
     for (int i = 0; i < sc->n_objects; i++) memcpy(col[i], COLOR_RGB[sc->objects[i].color], 3);
     for (size_t p = 0; p < npx; p++) {
         const uint8_t *s = own + p * NSAMP;
+        /* most pixels have one owner for all samples (or none): the average is that colour */
+        uint64_t w0, w1;
+        memcpy(&w0, s, 8);
+        memcpy(&w1, s + 8, 8);
+        if (w0 == w1 && w0 == s[0] * 0x0101010101010101ull) {
+            memcpy(rgb + p * 3, s[0] == NO_OWNER ? bg + p * 3 : col[s[0]], 3);
+            continue;
+        }
         for (int k = 0; k < 3; k++) {
             int sum = 0;
             for (int q = 0; q < NSAMP; q++) sum += s[q] == NO_OWNER ? bg[p * 3 + k] : col[s[q]][k];

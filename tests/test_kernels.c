@@ -1118,6 +1118,69 @@ TEST(kernels_transpose) {
     }
 }
 
+/* AdamW (the trainer's update) on every path: exactly the bits of the scalar loop, on lengths with
+ * tails, gradients from tiny to large, first steps (small second moments) and later ones. */
+TEST(kernels_adamw_bits) {
+    const int64_t lens[] = {1, 15, 16, 17, 100, 1001};
+    uint64_t rng = 99;
+    int checked = 0;
+    for (size_t li = 0; li < MG_ARRAY_LEN(lens); li++) {
+        const int64_t n = lens[li];
+        float *buf = malloc(sizeof(float) * (size_t)n * 7);
+        CHECK(buf != NULL);
+        if (!buf) return;
+        float *g = buf, *p0 = buf + n, *m10 = buf + 2 * n, *m20 = buf + 3 * n, *pa = buf + 4 * n, *ma = buf + 5 * n,
+              *va = buf + 6 * n;
+        for (int64_t i = 0; i < n; i++) {
+            const float e = (float)(i % 7) - 3.0f; /* magnitudes 1e-3 .. 1e3 */
+            g[i] = test_rng_float(&rng) * powf(10.0f, e);
+            p0[i] = test_rng_float(&rng);
+            m10[i] = test_rng_float(&rng) * 0.1f;
+            m20[i] = fabsf(test_rng_float(&rng)) * 0.01f;
+        }
+        g[0] = 0.0f;
+        for (int t = 1; t <= 1000; t += 999) {
+            const double bc1 = 1.0 - pow(0.9, t), bc2 = 1.0 - pow(0.999, t);
+            const mg_adamw_coef c = {.decay = 1.0f - 2e-3f * 0.01f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
+                                     .step_size = (float)(2e-3 / bc1), .bc2_sqrt = (float)sqrt(bc2)};
+            float *want = malloc(sizeof(float) * (size_t)n * 3);
+            CHECK(want != NULL);
+            if (!want) break;
+            /* the scalar loop of torch.optim.AdamW, written out here */
+            for (int64_t i = 0; i < n; i++) {
+                float p = p0[i] * c.decay;
+                const float m1 = m10[i] * c.beta1 + g[i] * (1.0f - c.beta1);
+                const float m2 = m20[i] * c.beta2 + g[i] * g[i] * (1.0f - c.beta2);
+                p -= c.step_size * (m1 / (sqrtf(m2) / c.bc2_sqrt + c.eps));
+                want[i] = p;
+                want[n + i] = m1;
+                want[2 * n + i] = m2;
+            }
+            for (int which = 0; which < 3; which++) {
+                void (*fn)(float *, const float *, float *, float *, int64_t, const mg_adamw_coef *) = mg_adamw;
+                if (which > 0) {
+                    bool have;
+                    mg_kernel_table tb = table_for(which, &have);
+                    if (!have) continue;
+                    fn = tb.adamw ? tb.adamw : mg_adamw; /* AVX2 keeps the reference */
+                }
+                memcpy(pa, p0, sizeof(float) * (size_t)n);
+                memcpy(ma, m10, sizeof(float) * (size_t)n);
+                memcpy(va, m20, sizeof(float) * (size_t)n);
+                fn(pa, g, ma, va, n, &c);
+                CHECK_MSG(memcmp(pa, want, sizeof(float) * (size_t)n) == 0 &&
+                              memcmp(ma, want + n, sizeof(float) * (size_t)n) == 0 &&
+                              memcmp(va, want + 2 * n, sizeof(float) * (size_t)n) == 0,
+                          "adamw path %d n=%lld step %d", which, (long long)n, t);
+                checked++;
+            }
+            free(want);
+        }
+        free(buf);
+    }
+    CHECK(checked >= 12);
+}
+
 /* GELU's derivative (the trainer's backward) of every table against the double-precision
  * reference, accumulated into a non-zero dx, on lengths with tails and on x from the far
  * negative tail (density underflow) to large positive values; and mg_vec_add, which must give

@@ -915,6 +915,18 @@ TEST(train_aux_head_fd) {
         b.ex.patch_labels = NULL;
         CHECK(tr_forward_backward(m, &b.ex, true, 1.0f, &loss, err, sizeof err) == MG_OK);
         CHECK(memcmp(g0, m->grads, (size_t)m->n_params * sizeof(float)) == 0);
+        /* a frozen tower (projection + language model learn): the head changes no gradient, so
+         * the trainer makes no labels then */
+        m->train_mask = TR_GROUP_PROJ | TR_GROUP_LLM;
+        tr_zero_grad(m);
+        CHECK(tr_forward_backward(m, &b.ex, true, 1.0f, &loss, err, sizeof err) == MG_OK);
+        memcpy(g0, m->grads, (size_t)m->n_params * sizeof(float));
+        b.ex.patch_labels = labels;
+        b.ex.aux_weight = 0.7f;
+        tr_zero_grad(m);
+        CHECK(tr_forward_backward(m, &b.ex, true, 1.0f, &loss, err, sizeof err) == MG_OK);
+        CHECK(aux > 0.0f);
+        CHECK(memcmp(g0, m->grads, (size_t)m->n_params * sizeof(float)) == 0);
         free(g0);
     }
     tr_model_free(m);

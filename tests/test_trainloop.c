@@ -533,6 +533,26 @@ TEST(trainloop_aux_head) {
         CHECK(gguf_find_tensor(f, "aux.patch_cls.weight") == NULL);
         gguf_close(f);
     }
+    /* a frozen tower (--train proj+llm): the heads change no gradient, so no labels are made
+     * for the training examples and no auxiliary loss is reported (-1); the held-out evaluation
+     * still reads the patches */
+    tl_params fz = tiny_params();
+    char ck2[4200];
+    snprintf(ck2, sizeof ck2, "%s/tl_aux_frozen.ckpt", test_data_dir());
+    fz.init_path = ck;
+    fz.ckpt_path = ck2;
+    fz.steps = 4;
+    fz.batch = 2;
+    fz.eval_every = 4;
+    fz.eval_n = 4;
+    fz.aux_weight = 1.0f;
+    fz.train_mask = TR_GROUP_PROJ | TR_GROUP_LLM;
+    head_rec rf = {0};
+    st = tl_train(&fz, record_heads, &rf, err, sizeof err);
+    CHECK_MSG(st == MG_OK, "tl_train (frozen tower): %s", err);
+    CHECK_EQ_INT(rf.n, 4);
+    for (int i = 0; i < rf.n; i++) CHECK(rf.aux[i] == -1.0f && rf.mask[i] == -1.0f);
+    CHECK(rf.n_eval >= 1 && rf.shape >= 0.0f);
     /* --init from the exported model (no head) with --aux: refused */
     tl_params q = tiny_params();
     q.init_path = out;

@@ -114,8 +114,8 @@ static int progress(void *user, const tl_progress *p) {
                     p->tok_per_s, el, eta);
             ui->drawn = 1;
         } else if (p->step % ui->log_every == 0 || p->step == p->total) {
-            fprintf(stderr, "step %lld/%lld loss %.4f aux %.4f", (long long)p->step, (long long)p->total, p->loss,
-                    p->aux_loss);
+            fprintf(stderr, "step %lld/%lld loss %.4f", (long long)p->step, (long long)p->total, p->loss);
+            if (p->aux_loss >= 0) fprintf(stderr, " aux %.4f", p->aux_loss);
             if (p->mask_loss > 0) fprintf(stderr, " mask %.4f", p->mask_loss);
             fprintf(stderr, " lr %.3e gnorm %.3f %.0f tok/s elapsed %s ETA %s\n", p->lr, p->gnorm, p->tok_per_s, el,
                     eta);
