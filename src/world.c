@@ -382,36 +382,35 @@ mg_status world_scene_generate_opts(world_scene *sc, uint64_t seed, uint64_t ind
             rgb[p * 3 + k] = (uint8_t)((sum + NSAMP / 2) / NSAMP);
         }
     }
-    free(own);
     free(bg);
     sc->image.w = sc->image.h = size;
     sc->image.rgb = rgb;
+    sc->owners = own; /* kept for the patch labels and masks */
     return MG_OK;
 }
 
-/* Frees the scene's image; the struct is zeroed. */
+/* Frees the scene's image and owner map; the struct is zeroed. */
 void world_scene_free(world_scene *sc) {
     if (!sc) return;
     mg_image_free(&sc->image);
+    free(sc->owners);
     memset(sc, 0, sizeof *sc);
 }
 
-/* The owner of every anti-aliasing sample (NSAMP per pixel) of a scene that `patch` tiles, in a
- * new buffer *own for the caller to free. */
-static mg_status patch_owners(const world_scene *sc, int patch, const void *out, uint8_t **own, char *err,
+/* The owner of every anti-aliasing sample (NSAMP per pixel) of a scene that `patch` tiles: the
+ * map drawn with the scene. */
+static mg_status patch_owners(const world_scene *sc, int patch, const void *out, const uint8_t **own, char *err,
                               size_t err_len) {
     if (!sc || !out || patch < 1 || sc->w % patch || sc->h % patch)
         return mg_err(err, err_len, MG_ERR_INVALID_ARG, "world: patch size %d does not tile the scene", patch);
-    *own = malloc((size_t)sc->w * sc->h * NSAMP);
-    if (!*own) return mg_err(err, err_len, MG_ERR_NOMEM, "world: out of memory");
-    world_scene tmp = *sc; /* render_owners writes the objects' counters: work on a copy */
-    render_owners(&tmp, *own);
+    if (!sc->owners) return mg_err(err, err_len, MG_ERR_INVALID_ARG, "world: the scene has no owner map");
+    *own = sc->owners;
     return MG_OK;
 }
 
 /* Per-patch labels for the trainer's auxiliary head; see world.h. */
 mg_status world_patch_labels(const world_scene *sc, int patch, int32_t *labels, char *err, size_t err_len) {
-    uint8_t *own;
+    const uint8_t *own;
     mg_status st = patch_owners(sc, patch, labels, &own, err, err_len);
     if (st != MG_OK) return st;
     const int w = sc->w, gw = w / patch, gh = sc->h / patch;
@@ -432,13 +431,12 @@ mg_status world_patch_labels(const world_scene *sc, int patch, int32_t *labels, 
                                        ? 1 + o->color * WORLD_N_SHAPES + o->shape
                                        : 0;
         }
-    free(own);
     return MG_OK;
 }
 
 /* Per-pixel object masks by patch for the trainer's auxiliary mask head; see world.h. */
 mg_status world_patch_masks(const world_scene *sc, int patch, float *masks, char *err, size_t err_len) {
-    uint8_t *own;
+    const uint8_t *own;
     mg_status st = patch_owners(sc, patch, masks, &own, err, err_len);
     if (st != MG_OK) return st;
     const int w = sc->w, h = sc->h, gw = w / patch;
@@ -451,7 +449,6 @@ mg_status world_patch_masks(const world_scene *sc, int patch, float *masks, char
             masks[cell * (size_t)(patch * patch) + (size_t)(y % patch) * (size_t)patch + (size_t)(x % patch)] =
                 (float)n / (float)NSAMP;
         }
-    free(own);
     return MG_OK;
 }
 

@@ -39,6 +39,9 @@ typedef struct {
     uint64_t seed;              /* this scene's own seed (from the set seed and the index) */
     unsigned vqa_kinds;         /* [vqa] question kinds its examples may ask (world_opts.vqa; 0: all) */
     mg_image image;             /* the rendered pixels, owned by the scene */
+    uint8_t *owners;            /* which object each anti-aliasing sample shows (4 x 4 per pixel, 0xFF:
+                                 * background), owned by the scene: world_patch_labels and
+                                 * world_patch_masks read it (the objects must not be changed) */
 } world_scene;
 
 typedef struct {
