@@ -407,7 +407,7 @@ void mg_matmul_wide_ep(mg_pool *pool, const mg_kernel_opts *o, float *y, const f
 }
 
 /* Blocks of C for mg_gemm_acc: GEMM_MB rows (a multiple of the 6-row tile) x GEMM_NB columns. */
-#define GEMM_MB 48
+#define GEMM_MB 12
 #define GEMM_NB 128
 
 typedef struct {
