@@ -618,20 +618,20 @@ static void vision_fwd(tr_model *m, tr_cache *ch, mg_pool *pool, const tr_w *W, 
         vit_cache *v = &ch->vc[i];
         const float *x = ch->vx + i * Tv * E;
         float *xo = ch->vx + (i + 1) * Tv * E;
-        tr_layernorm_fwd(v->ln1, v->m1, v->r1, x, b->ln1_w, b->ln1_b, Tv, E, c->v_eps);
+        tr_layernorm_fwd(pool, v->ln1, v->m1, v->r1, x, b->ln1_w, b->ln1_b, Tv, E, c->v_eps);
         tr_linear_fwd(pool, v->q, v->ln1, b->qkv_w, b->q_b, Tv, E, E);
         tr_linear_fwd(pool, v->k, v->ln1, b->qkv_w + E * E, NULL, Tv, E, E);
         tr_linear_fwd(pool, v->v, v->ln1, b->qkv_w + 2 * E * E, b->v_b, Tv, E, E);
         tr_attn_fwd(pool, &ad, v->ao, v->qr, v->kr, v->att, v->q, v->k, v->v);
         tr_linear_fwd(pool, v->xmid, v->ao, b->out_w, b->out_b, Tv, E, E);
         mg_vec_add(v->xmid, x, Tv * E);
-        tr_layernorm_fwd(v->ln2, v->m2, v->r2, v->xmid, b->ln2_w, b->ln2_b, Tv, E, c->v_eps);
+        tr_layernorm_fwd(pool, v->ln2, v->m2, v->r2, v->xmid, b->ln2_w, b->ln2_b, Tv, E, c->v_eps);
         tr_linear_fwd(pool, v->up, v->ln2, b->up_w, b->up_b, Tv, Fv, E);
         tr_gelu_fwd(v->act, v->up, Tv * Fv);
         tr_linear_fwd(pool, xo, v->act, b->down_w, b->down_b, Tv, E, Fv);
         mg_vec_add(xo, v->xmid, Tv * E);
     }
-    tr_layernorm_fwd(ch->pln, ch->pm, ch->pr, ch->vx + c->v_layer * Tv * E, W->post_w, W->post_b, Tv, E,
+    tr_layernorm_fwd(pool, ch->pln, ch->pm, ch->pr, ch->vx + c->v_layer * Tv * E, W->post_w, W->post_b, Tv, E,
                      c->post_eps);
     tr_merge4_fwd(ch->merged, ch->pln, Np, E);
     tr_linear_fwd(pool, out, ch->merged, W->proj_w, W->proj_b, Np / 4, c->n_embd, 4 * E);
@@ -654,7 +654,7 @@ static void vision_bwd(tr_model *m, tr_cache *ch, mg_pool *pool, const tr_w *W, 
     tr_merge4_bwd(ch->vdn, ch->dmerged, Np, E);
     if (dfeat) mg_vec_add(ch->vdn + E, dfeat, Np * E); /* auxiliary head */
     memset(dres, 0, (size_t)(Tv * E) * sizeof(float));
-    tr_layernorm_bwd(dres, D->post_w, D->post_b, ch->vdn, ch->vx + c->v_layer * Tv * E, ch->pm, ch->pr, W->post_w,
+    tr_layernorm_bwd(pool, dres, D->post_w, D->post_b, ch->vdn, ch->vx + c->v_layer * Tv * E, ch->pm, ch->pr, W->post_w,
                      Tv, E);
     tr_attn_dims ad = {.T = (int)Tv, .n_head = c->v_head, .n_head_kv = c->v_head, .head_dim = (int)(E / c->v_head)};
     const size_t nE = (size_t)(Tv * E) * sizeof(float), nF = (size_t)(Tv * Fv) * sizeof(float);
@@ -669,7 +669,7 @@ static void vision_bwd(tr_model *m, tr_cache *ch, mg_pool *pool, const tr_w *W, 
         tr_gelu_bwd(ch->vdup, ch->vdact, v->up, Tv * Fv);
         memset(ch->vdn, 0, nE);
         tr_linear_bwd(pool, ch->vdn, g->up_w, g->up_b, ch->vdup, v->ln2, b->up_w, Tv, Fv, E);
-        tr_layernorm_bwd(dres, g->ln2_w, g->ln2_b, ch->vdn, v->xmid, v->m2, v->r2, b->ln2_w, Tv, E);
+        tr_layernorm_bwd(pool, dres, g->ln2_w, g->ln2_b, ch->vdn, v->xmid, v->m2, v->r2, b->ln2_w, Tv, E);
         /* xmid = x + out(attn(q, k, v)) */
         memset(ch->vdao, 0, nE);
         tr_linear_bwd(pool, ch->vdao, g->out_w, g->out_b, dres, v->ao, b->out_w, Tv, E, E);
@@ -682,7 +682,7 @@ static void vision_bwd(tr_model *m, tr_cache *ch, mg_pool *pool, const tr_w *W, 
         tr_linear_bwd(pool, ch->vdn, g->qkv_w + E * E, NULL, ch->vdk, v->ln1, b->qkv_w + E * E, Tv, E, E);
         tr_linear_bwd(pool, ch->vdn, g->qkv_w + 2 * E * E, g->v_b, ch->vdv, v->ln1, b->qkv_w + 2 * E * E, Tv, E,
                       E);
-        tr_layernorm_bwd(dres, g->ln1_w, g->ln1_b, ch->vdn, x, v->m1, v->r1, b->ln1_w, Tv, E);
+        tr_layernorm_bwd(pool, dres, g->ln1_w, g->ln1_b, ch->vdn, x, v->m1, v->r1, b->ln1_w, Tv, E);
     }
     memset(ch->dpe, 0, (size_t)(Np * E) * sizeof(float));
     tr_cls_pos_bwd(ch->dpe, D->cls, D->pos, dres, Np, E);

@@ -30,17 +30,24 @@ typedef struct {
     int64_t M, N;
 } lin_bwd_ctx;
 
-/* db[n] += sum_m dy[m, n] for columns [i0, i1), summed in double, m ascending, row by row. */
+/* db[n] += sum_m dy[m, n] for columns [i0, i1), each summed in double, m ascending. Eight
+ * columns at a time, their sums held in registers over all rows (each column's chain of
+ * additions is the same as in a loop of its own). */
 static void lin_bwd_db_task(void *vc, int64_t i0, int64_t i1, int ith) {
     const lin_bwd_ctx *c = vc;
-    for (int64_t n0 = i0; n0 < i1; n0 += 256) {
-        const int64_t nn = MG_MIN((int64_t)256, i1 - n0);
-        double acc[256] = {0};
+    int64_t n = i0;
+    for (; n + 8 <= i1; n += 8) {
+        double acc[8] = {0};
         for (int64_t m = 0; m < c->M; m++) {
-            const float *row = c->dy + m * c->N + n0;
-            for (int64_t i = 0; i < nn; i++) acc[i] += row[i];
+            const float *row = c->dy + m * c->N + n;
+            for (int k = 0; k < 8; k++) acc[k] += row[k];
         }
-        for (int64_t i = 0; i < nn; i++) c->db[n0 + i] += (float)acc[i];
+        for (int k = 0; k < 8; k++) c->db[n + k] += (float)acc[k];
+    }
+    for (; n < i1; n++) {
+        double acc = 0.0;
+        for (int64_t m = 0; m < c->M; m++) acc += c->dy[m * c->N + n];
+        c->db[n] += (float)acc;
     }
 }
 
@@ -76,46 +83,120 @@ void tr_lora_bwd(mg_pool *pool, float *dx, float *dA, float *dB, const float *dy
 
 /* ==== Normalisations ==== */
 
-/* LayerNorm forward; mean and variance (biased, as PyTorch) accumulated in double. */
-void tr_layernorm_fwd(float *out, float *mean, float *rstd, const float *x, const float *w, const float *b,
-                      int64_t M, int64_t C, float eps) {
-    for (int64_t m = 0; m < M; m++) {
-        const float *xm = x + m * C;
-        double s = 0.0;
-        for (int64_t i = 0; i < C; i++) s += xm[i];
-        const double mu = s / (double)C;
-        double v = 0.0;
-        for (int64_t i = 0; i < C; i++) v += (xm[i] - mu) * (xm[i] - mu);
-        const double r = 1.0 / sqrt(v / (double)C + (double)eps);
-        mean[m] = (float)mu;
-        rstd[m] = (float)r;
-        float *om = out + m * C;
-        for (int64_t i = 0; i < C; i++) om[i] = (float)((xm[i] - mu) * r) * w[i] + b[i];
+typedef struct {
+    float *out, *mean, *rstd, *dx, *dw, *db;
+    const float *x, *w, *b, *dout, *cmean, *crstd;
+    int64_t M, C;
+    float eps;
+} ln_ctx;
+
+/* Rows per group in the row statistics below: each row's sums are one chain of double additions
+ * in the order of its elements (the bits of a plain loop), and the chains of four rows are
+ * interleaved so that they overlap instead of waiting on each other's latency. */
+#define ROWS_ILP 4
+
+/* Sum and sum of squared deviations of R rows of C floats (R = 1 or ROWS_ILP). */
+static inline __attribute__((always_inline)) void ln_row_stats(const float *x, int64_t C, int R, double *mu,
+                                                               double *var) {
+    double s[ROWS_ILP] = {0}, v[ROWS_ILP] = {0};
+    for (int64_t i = 0; i < C; i++)
+        for (int k = 0; k < R; k++) s[k] += x[k * C + i];
+    for (int k = 0; k < R; k++) mu[k] = s[k] / (double)C;
+    for (int64_t i = 0; i < C; i++)
+        for (int k = 0; k < R; k++) v[k] += (x[k * C + i] - mu[k]) * (x[k * C + i] - mu[k]);
+    for (int k = 0; k < R; k++) var[k] = v[k];
+}
+
+/* LayerNorm forward of rows [i0, i1); mean and variance (biased, as PyTorch) in double. */
+static void ln_fwd_task(void *vc, int64_t i0, int64_t i1, int ith) {
+    const ln_ctx *c = vc;
+    const int64_t C = c->C;
+    for (int64_t m = i0; m < i1;) {
+        const int R = i1 - m >= ROWS_ILP ? ROWS_ILP : 1;
+        double mu[ROWS_ILP], v[ROWS_ILP];
+        if (R == ROWS_ILP) ln_row_stats(c->x + m * C, C, ROWS_ILP, mu, v);
+        else ln_row_stats(c->x + m * C, C, 1, mu, v);
+        for (int k = 0; k < R; k++, m++) {
+            const float *xm = c->x + m * C;
+            const double r = 1.0 / sqrt(v[k] / (double)C + (double)c->eps);
+            c->mean[m] = (float)mu[k];
+            c->rstd[m] = (float)r;
+            float *om = c->out + m * C;
+            for (int64_t i = 0; i < C; i++) om[i] = (float)((xm[i] - mu[k]) * r) * c->w[i] + c->b[i];
+        }
     }
 }
 
-/* LayerNorm backward: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dout * w. */
-void tr_layernorm_bwd(float *dx, float *dw, float *db, const float *dout, const float *x, const float *mean,
-                      const float *rstd, const float *w, int64_t M, int64_t C) {
-    for (int64_t m = 0; m < M; m++) {
-        const float *xm = x + m * C, *dm = dout + m * C;
-        const float mu = mean[m], r = rstd[m];
-        double sg = 0.0, sgx = 0.0;
-        for (int64_t i = 0; i < C; i++) {
-            const float xh = (xm[i] - mu) * r, g = dm[i] * w[i];
-            sg += g;
-            sgx += (double)g * xh;
-            if (dw) dw[i] += dm[i] * xh;
-            if (db) db[i] += dm[i];
+/* Rows are independent: split over the pool's threads (the same bits on any thread count). */
+void tr_layernorm_fwd(mg_pool *pool, float *out, float *mean, float *rstd, const float *x, const float *w,
+                      const float *b, int64_t M, int64_t C, float eps) {
+    ln_ctx c = {.out = out, .mean = mean, .rstd = rstd, .x = x, .w = w, .b = b, .M = M, .C = C, .eps = eps};
+    mg_pool_run(pool, M, 32, ln_fwd_task, &c);
+}
+
+/* sum(g) and sum(g * xhat) of R rows (R = 1 or ROWS_ILP), g = dout * w, each a chain of double
+ * additions in element order (interleaved as in ln_row_stats). */
+static inline __attribute__((always_inline)) void ln_bwd_sums(const ln_ctx *c, int64_t m, int R, double *sg,
+                                                              double *sgx) {
+    const int64_t C = c->C;
+    const float *x = c->x + m * C, *d = c->dout + m * C;
+    float mu[ROWS_ILP], r[ROWS_ILP];
+    double a[ROWS_ILP] = {0}, b[ROWS_ILP] = {0};
+    for (int k = 0; k < R; k++) mu[k] = c->cmean[m + k], r[k] = c->crstd[m + k];
+    for (int64_t i = 0; i < C; i++)
+        for (int k = 0; k < R; k++) {
+            const float xh = (x[k * C + i] - mu[k]) * r[k], g = d[k * C + i] * c->w[i];
+            a[k] += g;
+            b[k] += (double)g * xh;
         }
-        if (!dx) continue;
-        const float mg = (float)(sg / (double)C), mgx = (float)(sgx / (double)C);
-        float *dxm = dx + m * C;
-        for (int64_t i = 0; i < C; i++) {
-            const float xh = (xm[i] - mu) * r;
-            dxm[i] += r * (dm[i] * w[i] - mg - xh * mgx);
+    for (int k = 0; k < R; k++) sg[k] = a[k], sgx[k] = b[k];
+}
+
+/* dx of rows [i0, i1): rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dout * w. */
+static void ln_bwd_dx_task(void *vc, int64_t i0, int64_t i1, int ith) {
+    const ln_ctx *c = vc;
+    const int64_t C = c->C;
+    for (int64_t m = i0; m < i1;) {
+        const int R = i1 - m >= ROWS_ILP ? ROWS_ILP : 1;
+        double sg[ROWS_ILP], sgx[ROWS_ILP];
+        if (R == ROWS_ILP) ln_bwd_sums(c, m, ROWS_ILP, sg, sgx);
+        else ln_bwd_sums(c, m, 1, sg, sgx);
+        for (int k = 0; k < R; k++, m++) {
+            const float *xm = c->x + m * C, *dm = c->dout + m * C;
+            const float mu = c->cmean[m], r = c->crstd[m];
+            const float mg = (float)(sg[k] / (double)C), mgx = (float)(sgx[k] / (double)C);
+            float *dxm = c->dx + m * C;
+            for (int64_t i = 0; i < C; i++) {
+                const float xh = (xm[i] - mu) * r;
+                dxm[i] += r * (dm[i] * c->w[i] - mg - xh * mgx);
+            }
         }
     }
+}
+
+/* dw, db of columns [i0, i1): each summed over the rows in ascending order, in float. */
+static void ln_bwd_dwb_task(void *vc, int64_t i0, int64_t i1, int ith) {
+    const ln_ctx *c = vc;
+    const int64_t C = c->C;
+    for (int64_t m = 0; m < c->M; m++) {
+        const float *xm = c->x + m * C, *dm = c->dout + m * C;
+        const float mu = c->cmean[m], r = c->crstd[m];
+        for (int64_t i = i0; i < i1; i++) {
+            const float xh = (xm[i] - mu) * r;
+            if (c->dw) c->dw[i] += dm[i] * xh;
+            if (c->db) c->db[i] += dm[i];
+        }
+    }
+}
+
+/* LayerNorm backward: dx row by row, dw and db column by column, each part on the pool's threads;
+ * every sum keeps its order, so the bits do not depend on the thread count. */
+void tr_layernorm_bwd(mg_pool *pool, float *dx, float *dw, float *db, const float *dout, const float *x,
+                      const float *mean, const float *rstd, const float *w, int64_t M, int64_t C) {
+    ln_ctx c = {.dx = dx, .dw = dw, .db = db, .x = x, .w = w, .dout = dout, .cmean = mean, .crstd = rstd,
+                .M = M, .C = C};
+    if (dx) mg_pool_run(pool, M, 32, ln_bwd_dx_task, &c);
+    if (dw || db) mg_pool_run(pool, C, 32, ln_bwd_dwb_task, &c);
 }
 
 /* RMSNorm forward; the mean square is accumulated in double. */
@@ -371,6 +452,25 @@ static void attn_bwd_loops(void *vc, int64_t g0, int64_t g1, int ith) {
     }
 }
 
+/* sum[k] = sum over j < n_k of da[k, j] * a[k, j] in double, j ascending, for R rows of stride T
+ * (R = 1 or ROWS_ILP); n_k = n0 + k when causal, else n0. The rows' chains run side by side over
+ * their common length, then each finishes alone: every sum keeps the order of a plain loop. */
+static inline void attn_row_sums(double *sum, const float *a, const float *da, int T, int n0, bool causal,
+                                 int R) {
+    double s[ROWS_ILP] = {0};
+    if (R == ROWS_ILP) {
+        for (int j = 0; j < n0; j++)
+            for (int k = 0; k < ROWS_ILP; k++) s[k] += (double)da[(size_t)k * T + j] * a[(size_t)k * T + j];
+    } else {
+        for (int j = 0; j < n0; j++) s[0] += (double)da[j] * a[j];
+    }
+    for (int k = 0; k < R; k++) {
+        const int n = causal ? n0 + k : n0;
+        for (int j = n0; j < n; j++) s[k] += (double)da[(size_t)k * T + j] * a[(size_t)k * T + j];
+        sum[k] = s[k];
+    }
+}
+
 /* The same backward as matrix products per head through the fp32 matmul (run serially inside
  * this task: a nested pool run is serial):
  *   dA = dO V^T, dS = A * (dA - rowsum(dA * A)) * scale, dV += A^T dO, dQ = dS K, dK += dS^T Q. */
@@ -398,14 +498,18 @@ static void attn_bwd_task(void *vc, int64_t g0, int64_t g1, int ith) {
             gather_head(Q, Qt, c->qr, T, hd, qs, h * hd);
             gather_head(dO, dOt, c->dout, T, hd, qs, h * hd);
             mg_matmul(NULL, &kopts, dA, dO, V, MG_TYPE_F32, T, T, hd, NULL);
-            for (int i = 0; i < T; i++) {
-                const float *a = A + (size_t)i * T, *da = dA + (size_t)i * T;
-                float *ds = dS + (size_t)i * T;
-                const int n = d->causal ? i + 1 : T;
-                double sum = 0.0;
-                for (int j = 0; j < n; j++) sum += (double)da[j] * a[j];
-                for (int j = 0; j < n; j++) ds[j] = a[j] * (da[j] - (float)sum) * scale;
-                for (int j = n; j < T; j++) ds[j] = 0.0f;
+            for (int i = 0; i < T;) { /* row sums of dA * A: ROWS_ILP rows' chains interleaved */
+                const int R = T - i >= ROWS_ILP ? ROWS_ILP : 1;
+                double sum[ROWS_ILP];
+                attn_row_sums(sum, A + (size_t)i * T, dA + (size_t)i * T, T, d->causal ? i + 1 : T, d->causal,
+                              R);
+                for (int k = 0; k < R; k++, i++) {
+                    const float *a = A + (size_t)i * T, *da = dA + (size_t)i * T;
+                    float *ds = dS + (size_t)i * T;
+                    const int n = d->causal ? i + 1 : T;
+                    for (int j = 0; j < n; j++) ds[j] = a[j] * (da[j] - (float)sum[k]) * scale;
+                    for (int j = n; j < T; j++) ds[j] = 0.0f;
+                }
             }
             if (c->dv) { /* dV[j, e] += sum_i A[i, j] dO[i, e] */
                 mg_transpose(tr, A, T, T);

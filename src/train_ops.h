@@ -39,11 +39,11 @@ void tr_lora_bwd(mg_pool *pool, float *dx, float *dA, float *dB, const float *dy
 /* ==== Normalisations (per row of C features) ==== */
 
 /* out[M, C] = (x - mean) * rstd * w + b; caches mean[M], rstd[M]. */
-void tr_layernorm_fwd(float *out, float *mean, float *rstd, const float *x, const float *w, const float *b,
-                      int64_t M, int64_t C, float eps);
+void tr_layernorm_fwd(mg_pool *pool, float *out, float *mean, float *rstd, const float *x, const float *w,
+                      const float *b, int64_t M, int64_t C, float eps);
 /* dx[M, C], dw[C], db[C] += from dout[M, C]. */
-void tr_layernorm_bwd(float *dx, float *dw, float *db, const float *dout, const float *x, const float *mean,
-                      const float *rstd, const float *w, int64_t M, int64_t C);
+void tr_layernorm_bwd(mg_pool *pool, float *dx, float *dw, float *db, const float *dout, const float *x,
+                      const float *mean, const float *rstd, const float *w, int64_t M, int64_t C);
 /* out[M, C] = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps); caches rstd[M]. */
 void tr_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int64_t M, int64_t C, float eps);
 /* dx[M, C], dw[C] += from dout[M, C]. */

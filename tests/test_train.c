@@ -122,7 +122,7 @@ static void attn_dims(int op, tr_attn_dims *d, float *cs, float *sn) {
 static void op_forward(int op, float *const *in, float *y, op_scratch *s) {
     switch (op) {
     case OP_LINEAR: tr_linear_fwd(NULL, y, in[0], in[1], in[2], 5, 7, 9); break;
-    case OP_LAYERNORM: tr_layernorm_fwd(y, s->a, s->b, in[0], in[1], in[2], 4, 12, 1e-6f); break;
+    case OP_LAYERNORM: tr_layernorm_fwd(NULL, y, s->a, s->b, in[0], in[1], in[2], 4, 12, 1e-6f); break;
     case OP_RMSNORM: tr_rmsnorm_fwd(y, s->a, in[0], in[1], 4, 12, 1e-5f); break;
     case OP_GELU: tr_gelu_fwd(y, in[0], 33); break;
     case OP_SILU: tr_silu_fwd(y, in[0], 33); break;
@@ -162,7 +162,7 @@ static void op_backward(int op, float *const *in, const float *dy, float **din, 
     op_forward(op, in, y, s);
     switch (op) {
     case OP_LINEAR: tr_linear_bwd(NULL, din[0], din[1], din[2], dy, in[0], in[1], 5, 7, 9); break;
-    case OP_LAYERNORM: tr_layernorm_bwd(din[0], din[1], din[2], dy, in[0], s->a, s->b, in[1], 4, 12); break;
+    case OP_LAYERNORM: tr_layernorm_bwd(NULL, din[0], din[1], din[2], dy, in[0], s->a, s->b, in[1], 4, 12); break;
     case OP_RMSNORM: tr_rmsnorm_bwd(din[0], din[1], dy, in[0], s->a, in[1], 4, 12); break;
     case OP_GELU: tr_gelu_bwd(din[0], dy, in[0], 33); break;
     case OP_SILU: tr_silu_bwd(din[0], dy, in[0], 33); break;
