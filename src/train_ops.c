@@ -127,7 +127,9 @@ static void ln_fwd_task(void *vc, int64_t i0, int64_t i1, int ith) {
     }
 }
 
-/* Rows are independent: split over the pool's threads (the same bits on any thread count). */
+/* Rows are independent: split over the pool's threads when called outside a pool task (inside one,
+ * as in the trainer's batch, where each thread runs whole examples, it runs serially); the same
+ * bits on any thread count. */
 void tr_layernorm_fwd(mg_pool *pool, float *out, float *mean, float *rstd, const float *x, const float *w,
                       const float *b, int64_t M, int64_t C, float eps) {
     ln_ctx c = {.out = out, .mean = mean, .rstd = rstd, .x = x, .w = w, .b = b, .M = M, .C = C, .eps = eps};
@@ -189,7 +191,8 @@ static void ln_bwd_dwb_task(void *vc, int64_t i0, int64_t i1, int ith) {
     }
 }
 
-/* LayerNorm backward: dx row by row, dw and db column by column, each part on the pool's threads;
+/* LayerNorm backward: dx row by row, dw and db column by column, each part on the pool's threads
+ * (serially inside a pool task, as tr_layernorm_fwd);
  * every sum keeps its order, so the bits do not depend on the thread count. */
 void tr_layernorm_bwd(mg_pool *pool, float *dx, float *dw, float *db, const float *dout, const float *x,
                       const float *mean, const float *rstd, const float *w, int64_t M, int64_t C) {

@@ -1058,6 +1058,98 @@ TEST(train_mask_head_fd) {
     tr_model_free(m);
 }
 
+/* LayerNorm forward and backward on a pool: rows split over the threads, four rows' sums
+ * interleaved, dw/db by columns. Every output must be the bits of a plain one-row-at-a-time loop
+ * (the per-row double sums in element order, dw/db summed over rows in order), for 1, 2 and 3
+ * threads, and row counts that leave groups of four short (the trainer's bits must not depend on
+ * how the rows are cut). */
+static void ln_plain(float *out, float *mean, float *rstd, float *dx, float *dw, float *db, const float *x,
+                     const float *w, const float *b, const float *dout, int64_t M, int64_t C, float eps) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *xm = x + m * C;
+        double s = 0.0, v = 0.0;
+        for (int64_t i = 0; i < C; i++) s += xm[i];
+        const double mu = s / (double)C;
+        for (int64_t i = 0; i < C; i++) v += (xm[i] - mu) * (xm[i] - mu);
+        const double r = 1.0 / sqrt(v / (double)C + (double)eps);
+        mean[m] = (float)mu;
+        rstd[m] = (float)r;
+        for (int64_t i = 0; i < C; i++) out[m * C + i] = (float)((xm[i] - mu) * r) * w[i] + b[i];
+    }
+    for (int64_t m = 0; m < M; m++) {
+        const float *xm = x + m * C, *dm = dout + m * C;
+        const float mu = mean[m], r = rstd[m];
+        double sg = 0.0, sgx = 0.0;
+        for (int64_t i = 0; i < C; i++) {
+            const float xh = (xm[i] - mu) * r, g = dm[i] * w[i];
+            sg += g;
+            sgx += (double)g * xh;
+            dw[i] += dm[i] * xh;
+            db[i] += dm[i];
+        }
+        const float mg = (float)(sg / (double)C), mgx = (float)(sgx / (double)C);
+        for (int64_t i = 0; i < C; i++) {
+            const float xh = (xm[i] - mu) * r;
+            dx[m * C + i] += r * (dm[i] * w[i] - mg - xh * mgx);
+        }
+    }
+}
+
+TEST(train_layernorm_pool_bits) {
+    static const int64_t Ms[] = {1, 3, 4, 7, 145};
+    const int64_t C = 37;
+    for (size_t t = 0; t < sizeof Ms / sizeof Ms[0]; t++) {
+        const int64_t M = Ms[t];
+        const size_t n = (size_t)(M * C);
+        float *x = malloc(n * 4), *dout = malloc(n * 4), *w = malloc((size_t)C * 4), *b = malloc((size_t)C * 4);
+        float *o[2], *mean[2], *rstd[2], *dx[2], *dw[2], *db[2];
+        for (int k = 0; k < 2; k++) {
+            o[k] = malloc(n * 4);
+            dx[k] = malloc(n * 4);
+            mean[k] = malloc((size_t)M * 4);
+            rstd[k] = malloc((size_t)M * 4);
+            dw[k] = malloc((size_t)C * 4);
+            db[k] = malloc((size_t)C * 4);
+        }
+        uint64_t r = 77 + (uint64_t)M;
+        for (size_t i = 0; i < n; i++) {
+            x[i] = 3.0f * (0.5f * test_rng_float(&r)) + 0.7f;
+            dout[i] = 0.5f * test_rng_float(&r);
+        }
+        for (int64_t i = 0; i < C; i++) w[i] = 1.0f + 0.5f * test_rng_float(&r), b[i] = 0.5f * test_rng_float(&r);
+        for (int nt = 1; nt <= 3; nt++) {
+            for (int k = 0; k < 2; k++) {
+                for (size_t i = 0; i < n; i++) dx[k][i] = 0.125f; /* backward accumulates */
+                for (int64_t i = 0; i < C; i++) dw[k][i] = -0.25f, db[k][i] = 0.5f;
+            }
+            ln_plain(o[0], mean[0], rstd[0], dx[0], dw[0], db[0], x, w, b, dout, M, C, 1e-6f);
+            mg_pool *p = NULL;
+            CHECK(mg_pool_create(&p, nt) == MG_OK);
+            tr_layernorm_fwd(p, o[1], mean[1], rstd[1], x, w, b, M, C, 1e-6f);
+            tr_layernorm_bwd(p, dx[1], dw[1], db[1], dout, x, mean[1], rstd[1], w, M, C);
+            mg_pool_free(p);
+            CHECK_MSG(memcmp(o[0], o[1], n * 4) == 0 && memcmp(mean[0], mean[1], (size_t)M * 4) == 0 &&
+                          memcmp(rstd[0], rstd[1], (size_t)M * 4) == 0,
+                      "forward M=%lld, %d threads: not the plain loop's bits", (long long)M, nt);
+            CHECK_MSG(memcmp(dx[0], dx[1], n * 4) == 0, "dx M=%lld, %d threads", (long long)M, nt);
+            CHECK_MSG(memcmp(dw[0], dw[1], (size_t)C * 4) == 0 && memcmp(db[0], db[1], (size_t)C * 4) == 0,
+                      "dw/db M=%lld, %d threads", (long long)M, nt);
+        }
+        free(x);
+        free(dout);
+        free(w);
+        free(b);
+        for (int k = 0; k < 2; k++) {
+            free(o[k]);
+            free(dx[k]);
+            free(mean[k]);
+            free(rstd[k]);
+            free(dw[k]);
+            free(db[k]);
+        }
+    }
+}
+
 /* A batch in parallel gives the loss of each example and, summed, the serial gradients. */
 TEST(train_batch_parallel) {
     tr_model *a = make_model(3, 2), *b1 = make_model(3, 1);
