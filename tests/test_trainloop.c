@@ -392,7 +392,9 @@ static bool demo_task_hits(mg_task task, const char *scene, int want, int *asked
             mg_vl_result r;
             memset(&r, 0, sizeof r);
             CHECK(mg_vl_ask(vl, &sc.image, ex[0].instruction, smp, &gp, &r) == MG_OK);
-            const world_object *o = &sc.objects[ex[0].target];
+            /* [refer] and [identify] are about one object; a caption's target is -1 */
+            const int tgt = ex[0].target >= 0 && ex[0].target < sc.n_objects ? ex[0].target : 0;
+            const world_object *o = &sc.objects[tgt];
             int hit = 0;
             if (task == MG_TASK_REFER) {
                 double gt[4] = {o->x0, o->y0, o->x1 + 1 - o->x0, o->y1 + 1 - o->y0};
