@@ -204,6 +204,8 @@ struct tr_cache {
     int L;                  /* sequence rows the buffers hold */
     int L_last;             /* rows of the last example (0: none yet) */
     bool aux_last;          /* the last forward computed the auxiliary head's logits */
+    uint64_t tower_key;     /* image_key of the frozen-tower features in pln / merged (0: none) */
+    int64_t tower_runs;     /* tower forwards run on these buffers */
     float *arena;
     vit_w *vb_p, *vb_g;     /* weight / gradient views */
     llm_w *lb_p, *lb_g;
@@ -342,6 +344,7 @@ static mg_status cache_reserve(tr_model *m, tr_cache *ch, int L, char *err, size
     mg_free_aligned(ch->arena);
     ch->arena = a;
     ch->L = L;
+    ch->tower_key = 0; /* new buffers: no tower features kept */
     cv.base = a;
     cv.used = 0;
     layout_cache(&m->cfg, ch, &cv, L);
@@ -604,8 +607,8 @@ void tr_zero_grad(tr_model *m) { memset(m->grads, 0, (size_t)m->n_params * sizeo
 
 /* ==== Forward / backward ==== */
 
-/* ViT + ln_vision + merge + projection: img rows [n_img, d] into out. */
-static void vision_fwd(tr_model *m, tr_cache *ch, mg_pool *pool, const tr_w *W, const float *image, float *out) {
+/* ViT + ln_vision + merge: ch->pln and ch->merged from the image. */
+static void vision_tower_fwd(tr_model *m, tr_cache *ch, mg_pool *pool, const tr_w *W, const float *image) {
     const tr_config *c = &m->cfg;
     const int64_t E = c->v_embd, G = c->image_size / c->patch_size, Np = G * G, Tv = 1 + Np, Fv = c->v_ff;
     const int64_t PP3 = 3 * (int64_t)c->patch_size * c->patch_size;
@@ -634,6 +637,21 @@ static void vision_fwd(tr_model *m, tr_cache *ch, mg_pool *pool, const tr_w *W, 
     tr_layernorm_fwd(pool, ch->pln, ch->pm, ch->pr, ch->vx + c->v_layer * Tv * E, W->post_w, W->post_b, Tv, E,
                      c->post_eps);
     tr_merge4_fwd(ch->merged, ch->pln, Np, E);
+}
+
+/* ViT + ln_vision + merge + projection: img rows [n_img, d] into out. The tower's part is skipped
+ * when it is frozen and ch still holds the features of the same image (key). */
+static void vision_fwd(tr_model *m, tr_cache *ch, mg_pool *pool, const tr_w *W, const float *image, uint64_t key,
+                       float *out) {
+    const tr_config *c = &m->cfg;
+    const bool frozen = !(m->train_mask & TR_GROUP_VISION);
+    if (!frozen || key == 0 || key != ch->tower_key) {
+        ch->tower_key = 0;
+        vision_tower_fwd(m, ch, pool, W, image);
+        ch->tower_runs++;
+        if (frozen) ch->tower_key = key;
+    }
+    const int64_t E = c->v_embd, G = c->image_size / c->patch_size, Np = G * G;
     tr_linear_fwd(pool, out, ch->merged, W->proj_w, W->proj_b, Np / 4, c->n_embd, 4 * E);
 }
 
@@ -706,7 +724,10 @@ static mg_status build_rows(tr_model *m, tr_cache *ch, const tr_example *ex, int
         if (ex->ids[j] < 0 || ex->ids[j] >= c->n_vocab)
             return mg_err(err, err_len, MG_ERR_INVALID_ARG, "train: token id %d outside the vocabulary of %d",
                           ex->ids[j], c->n_vocab);
-    mg_status st = cache_reserve(m, ch, L, err, err_len);
+    /* an example that may share its tower features takes the whole context at once: a cache that
+     * grows later would lose them */
+    const bool share = ex->image_key && !(m->train_mask & TR_GROUP_VISION);
+    mg_status st = cache_reserve(m, ch, share ? c->n_ctx : L, err, err_len);
     if (st != MG_OK) return st;
     for (int s = 0; s < L; s++) {
         ch->targets[s] = 0;
@@ -730,6 +751,13 @@ static mg_status build_rows(tr_model *m, tr_cache *ch, const tr_example *ex, int
 const float *tr_last_rows(const tr_model *m, int *L) {
     if (L) *L = m && m->cache ? m->cache->L_last : 0;
     return m && m->cache && m->cache->L_last ? m->cache->x : NULL;
+}
+
+int64_t tr_tower_runs(const tr_model *m) {
+    if (!m || !m->cache) return 0;
+    int64_t n = m->cache->tower_runs;
+    for (int i = 1; i < m->n_rep; i++) n += m->rep[i]->tower_runs;
+    return n;
 }
 
 const float *tr_last_logits(const tr_model *m) {
@@ -829,7 +857,7 @@ static mg_status fb_one(tr_model *m, tr_cache *ch, mg_pool *pool, float *grads, 
 
     /* Input rows: text embeddings around the projected image. */
     float *x0 = ch->x;
-    vision_fwd(m, ch, pool, &W, ex->image, x0 + (int64_t)ex->img_pos * d);
+    vision_fwd(m, ch, pool, &W, ex->image, ex->image_key, x0 + (int64_t)ex->img_pos * d);
     if (backward && (m->train_mask & TR_AUX_ONLY)) { /* the tower from the auxiliary heads alone */
         bool aux, amask;
         *loss = aux_heads_fwd(m, ch, pool, &W, ex, true, scale, &aux, &amask);
@@ -924,10 +952,18 @@ static mg_status fb_one(tr_model *m, tr_cache *ch, mg_pool *pool, float *grads, 
     return MG_OK;
 }
 
+/* Tower features are shared within one call only: the weights (or the mode) may change between
+ * calls. */
+static void forget_tower(tr_model *m) {
+    if (m->cache) m->cache->tower_key = 0;
+    for (int i = 1; i < m->n_rep; i++) m->rep[i]->tower_key = 0;
+}
+
 /* Forward (and backward) over one example; see train.h. */
 mg_status tr_forward_backward(tr_model *m, const tr_example *ex, bool backward, float scale, float *loss,
                               char *err, size_t err_len) {
     if (!m || !ex || !loss) return mg_err(err, err_len, MG_ERR_INVALID_ARG, "tr_forward_backward: NULL argument");
+    forget_tower(m);
     return fb_one(m, m->cache, m->pool, m->grads, ex, backward, scale, loss, err, err_len);
 }
 
@@ -956,6 +992,7 @@ mg_status tr_forward_backward_batch(tr_model *m, const tr_example *exs, int n, b
                                     float *losses, char *err, size_t err_len) {
     if (!m || (n > 0 && (!exs || !losses)) || n < 0)
         return mg_err(err, err_len, MG_ERR_INVALID_ARG, "tr_forward_backward_batch: bad argument");
+    forget_tower(m);
     const int T = mg_pool_n_threads(m->pool);
     if (T == 1 || n < 2) {
         for (int i = 0; i < n; i++) {

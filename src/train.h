@@ -142,6 +142,10 @@ typedef struct {
     const float *patch_masks;    /* [Np, P*P] or NULL */
     float mask_weight;
     float *mask_loss;            /* may be NULL */
+    /* non-zero: examples with equal keys have the same image. While the tower is frozen, a run of
+     * examples with one key on one replica (tr_forward_backward_batch) computes the tower once
+     * and reuses its features: the results are bit-identical, only faster. 0: no sharing */
+    uint64_t image_key;
 } tr_example;
 
 typedef struct {
@@ -192,6 +196,8 @@ mg_status tr_forward_backward_batch(tr_model *m, const tr_example *exs, int n, b
 /* After tr_forward_backward: the example's input rows [*L, n_embd] (text embeddings and projected
  * image rows) and logits [*L, n_vocab]; owned by m, valid until its next call. NULL before any. */
 const float *tr_last_rows(const tr_model *m, int *L);
+/* Vision tower forwards run so far (every replica), for tests of tr_example.image_key. */
+int64_t tr_tower_runs(const tr_model *m);
 const float *tr_last_logits(const tr_model *m);
 /* [Np, aux_classes] logits of the auxiliary head from the last forward, or NULL when it did not
  * run (no head, no patch labels or aux_weight 0). */

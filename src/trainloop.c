@@ -479,6 +479,7 @@ static mg_status data_get_with(tl_data *d, world_example *exbuf, uint64_t c, boo
     const tl_params *p = d->p;
     uint64_t r = mix64(p->seed * 0x100000001B3ull ^ mix64(c) ^ (eval ? 0xE7A1ull : 0));
     int n_text = 0, img_pos = 0;
+    uint64_t key = 0;
     mg_status st;
     if (d->use_folder) {
         int i = eval ? (int)(c % (uint64_t)d->folder.n) : (int)(r % (uint64_t)d->folder.n);
@@ -491,7 +492,8 @@ static mg_status data_get_with(tl_data *d, world_example *exbuf, uint64_t c, boo
         /* a fresh scene per example; skip examples longer than the context (deterministically) */
         for (int attempt = 0;; attempt++) {
             world_scene sc;
-            uint64_t index = c * 256 + (uint64_t)attempt;
+            const uint64_t per = !eval && p->per_image > 1 ? (uint64_t)p->per_image : 1;
+            uint64_t index = c / per * 256 + (uint64_t)attempt;
             /* (tries past 256 reuse the next examples' scenes: harmless, and rare) */
             if (attempt >= 4096)
                 return mg_err(err, err_len, MG_ERR_INTERNAL, "no usable scene for example %llu (filters too strict?)",
@@ -545,7 +547,10 @@ static mg_status data_get_with(tl_data *d, world_example *exbuf, uint64_t c, boo
                                        d->pmasks + (size_t)slot * (size_t)d->n_patch * (size_t)(d->patch * d->patch),
                                        err, err_len);
             world_scene_free(&sc);
-            if (st == MG_OK) break;
+            if (st == MG_OK) {
+                if (per > 1) key = index + 1; /* the same scene (and image) for the same index */
+                break;
+            }
         }
     }
     memset(out, 0, sizeof *out);
@@ -554,6 +559,7 @@ static mg_status data_get_with(tl_data *d, world_example *exbuf, uint64_t c, boo
     out->mask = mask;
     out->n_text = n_text;
     out->img_pos = img_pos;
+    out->image_key = key;
     if (d->plabels && !d->use_folder && !eval && d->heads_learn) {
         out->patch_labels = d->plabels + (size_t)slot * (size_t)d->n_patch;
         out->aux_weight = p->aux_weight;
@@ -626,6 +632,7 @@ static mg_status make_kv(const tl_params *p, const mg_tokenizer *tok, gguf_file 
            /* written only when set, so files of runs without it stay as they were */
            (p->aux_objects && (st = gguf_writer_set_bool(w, "trainloop.aux_objects", true))) ||
            (p->mask_weight > 0 && (st = gguf_writer_set_f32(w, "trainloop.mask_weight", p->mask_weight))) ||
+           (p->per_image > 1 && (st = gguf_writer_set_u32(w, "trainloop.per_image", (uint32_t)p->per_image))) ||
            (st = gguf_writer_set_str(w, "trainloop.data", p->data_dir ? p->data_dir : "")));
     size_t size = 0;
     FILE *fp = st == MG_OK ? open_memstream(buf, &size) : NULL;
@@ -672,6 +679,12 @@ static mg_status read_kv(const gguf_file *f, tl_params *p, char *err, size_t err
     }
     if ((st = gguf_get_f32_def(f, "trainloop.aux_weight", 0.0f, &p->aux_weight, err, err_len))) return st;
     if ((st = gguf_get_f32_def(f, "trainloop.mask_weight", 0.0f, &p->mask_weight, err, err_len))) return st;
+    p->per_image = 0;
+    if (gguf_find_kv(f, "trainloop.per_image")) {
+        if ((st = gguf_get_u32(f, "trainloop.per_image", &u, err, err_len))) return st;
+        if (u > TL_MAX_PER_IMAGE) return mg_err(err, err_len, MG_ERR_FORMAT, "resume: bad stored per_image %u", u);
+        p->per_image = (int)u;
+    }
     p->aux_objects = false;
     if (gguf_find_kv(f, "trainloop.aux_objects") &&
         (st = gguf_get_bool(f, "trainloop.aux_objects", &p->aux_objects, err, err_len)))
@@ -918,6 +931,11 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
         else if (!lora && mc->lora_rank > 0) /* another mode: the adapters are merged into attn_q / attn_v */
             st = tr_lora_merge(&m, err, err_len);
     }
+    if (st == MG_OK && (p.per_image < 0 || p.per_image > TL_MAX_PER_IMAGE))
+        st = mg_err(err, err_len, MG_ERR_INVALID_ARG, "per-image %d: 1 to %d examples per scene", p.per_image,
+                    TL_MAX_PER_IMAGE);
+    else if (st == MG_OK && d.use_folder && p.per_image > 1)
+        st = mg_err(err, err_len, MG_ERR_INVALID_ARG, "--per-image needs the synthetic world (not --data)");
     if (st == MG_OK && d.use_folder) st = tl_folder_load(&d.folder, p.data_dir, err, err_len);
     if (st == MG_OK && !d.use_folder) st = world_opts_parse(p.scene, &d.scene, err, err_len);
     if (st == MG_OK && !m) {
@@ -1021,9 +1039,11 @@ mg_status tl_train(const tl_params *pin, tl_progress_fn cb, void *user, char *er
         double lsum = 0;
         st = data_batch(&d, m->pool, (uint64_t)m->step * (uint64_t)p.batch, p.batch, batch_ex, err, err_len);
         for (int b = 0; b < p.batch && st == MG_OK; b++) rows += batch_ex[b].n_text + d.n_img;
+        const int64_t runs0 = tr_tower_runs(m);
         if (st == MG_OK)
             st = tr_forward_backward_batch(m, batch_ex, p.batch, true, 1.0f / (float)p.batch, batch_loss, err, err_len);
         if (st != MG_OK) break;
+        pg.tower_runs = (int)(tr_tower_runs(m) - runs0);
         double asum = 0, msum = 0;
         for (int b = 0; b < p.batch; b++) {
             lsum += batch_loss[b];

@@ -14,6 +14,8 @@
 
 /* Task weights are indexed by mg_task (0 = the untagged description). */
 #define TL_N_TASKS 7
+/* Most training examples drawn from one scene (tl_params.per_image). */
+#define TL_MAX_PER_IMAGE 64
 
 typedef struct {
     tr_config cfg;           /* model shape (n_vocab is set from the vocabulary) */
@@ -23,6 +25,9 @@ typedef struct {
     int max_objects;         /* world: only scenes with at most this many objects (0: any; curriculum) */
     bool easy;               /* world: only plain backgrounds with medium/large objects (curriculum) */
     char scene[256];         /* world: which scenes the generator draws (world_opts_parse; "" = all) */
+    int per_image;           /* world: training examples drawn from each scene (0 or 1: one; K: examples
+                                K*s .. K*s+K-1 share scene s and its image, each with its own task pick;
+                                a frozen tower then runs once per scene and replica) */
     float aux_weight;        /* world: weight of the auxiliary patch-classification loss (0: off). A new
                                 model gets the head when > 0; --init / --resume keep the file's head */
     float mask_weight;       /* world: weight of the auxiliary mask loss (which pixels of each patch are an
@@ -76,6 +81,8 @@ typedef struct {
     float aux_loss;          /* TL_EV_STEP: mean auxiliary patch loss of the batch (0 when off; -1 when
                               * the tower is frozen: its heads change no gradient and are not run) */
     float mask_loss;         /* TL_EV_STEP: mean auxiliary mask loss of the batch (the same) */
+    int tower_runs;          /* TL_EV_STEP: vision tower forwards of the step's batch (fewer than the batch
+                                when examples share a scene (per_image) and the tower is frozen) */
     float eval_image_gain;   /* TL_EV_EVAL: held-out loss with another example's image minus with its own
                                 (about 0 while the model ignores the image) */
     float eval_patch_color;  /* TL_EV_EVAL: share of object patches whose colour the auxiliary head

@@ -1188,6 +1188,63 @@ TEST(train_batch_parallel) {
     tr_model_free(b1);
 }
 
+/* tr_example.image_key: with the tower frozen, a run of examples with one key on a replica
+ * computes the tower once (tr_tower_runs) and every loss and gradient keeps its bits, also when
+ * the examples grow longer (the first keyed example reserves the whole context, so no later one
+ * moves the features); a learning tower never shares. */
+static bool keyed_batch(int threads, int mask, bool keyed, float *loss, float **grads, int64_t *runs, int64_t *np) {
+    tr_model *m = make_model(11, threads);
+    if (!m) return false;
+    m->train_mask = mask;
+    static example_buf e[6];
+    static const int n_text[6] = {10, 16, 12, 16, 16, 14}, img[6] = {0, 0, 0, 1, 1, 1};
+    tr_example ex[6];
+    for (int i = 0; i < 6; i++) make_example(&e[i], 60 + (uint64_t)i);
+    for (int i = 0; i < 6; i++) {
+        if (i != 0 && i != 3) memcpy(e[i].image, e[img[i] ? 3 : 0].image, sizeof e[i].image);
+        ex[i] = e[i].ex;
+        ex[i].n_text = n_text[i];
+        ex[i].image_key = keyed ? 100 + (uint64_t)img[i] : 0;
+    }
+    char err[256];
+    tr_zero_grad(m);
+    bool ok = tr_forward_backward_batch(m, ex, 6, true, 0.25f, loss, err, sizeof err) == MG_OK;
+    if (!ok) printf("    %s\n", err);
+    *runs = tr_tower_runs(m);
+    *np = m->n_params;
+    *grads = malloc((size_t)m->n_params * sizeof(float));
+    if (*grads) memcpy(*grads, m->grads, (size_t)m->n_params * sizeof(float));
+    tr_model_free(m);
+    return ok && *grads;
+}
+
+TEST(train_shared_image_tower) {
+    const int frozen = TR_GROUP_PROJ | TR_GROUP_LLM, all = frozen | TR_GROUP_VISION;
+    for (int threads = 1; threads <= 2; threads++)
+        for (int learn = 0; learn < 2; learn++) {
+            float la[6], lb[6], *ga = NULL, *gb = NULL;
+            int64_t ra = 0, rb = 0, na = 0, nb = 0;
+            const int mask = learn ? all : frozen;
+            CHECK(keyed_batch(threads, mask, true, la, &ga, &ra, &na));
+            CHECK(keyed_batch(threads, mask, false, lb, &gb, &rb, &nb));
+            if (ga && gb && na == nb) {
+                CHECK(memcmp(la, lb, sizeof la) == 0);
+                CHECK(memcmp(ga, gb, (size_t)na * sizeof(float)) == 0);
+                double gmax = 0;
+                for (int64_t i = 0; i < na; i++) gmax = fmax(gmax, fabs((double)gb[i]));
+                CHECK(gmax > 0);
+            }
+            printf("    %d thread(s), tower %s: %lld tower runs keyed, %lld without keys\n", threads,
+                   learn ? "learning" : "frozen", (long long)ra, (long long)rb);
+            CHECK_EQ_INT((int)rb, 6);
+            /* frozen: image 0 on examples 0-2, image 1 on 3-5 (2 threads: parts 0-2 and 3-5) */
+            if (!learn) CHECK_EQ_INT((int)ra, 2);
+            if (learn) CHECK_EQ_INT((int)ra, 6);
+            free(ga);
+            free(gb);
+        }
+}
+
 /* --pos-sincos: the ViT position embedding starts as 2D sine-cosine (x in the first half of the
  * channels, y in the second, CLS row 0); other tensors keep the seed's values; 0 leaves it random. */
 TEST(train_pos_sincos_init) {

@@ -46,6 +46,9 @@ static void usage(FILE *f) {
             "                    (default 0,1,4,2,2,2,1)\n"
             "  --max-objects N   world: only scenes with at most N objects (curriculum; 0: any)\n"
             "  --easy            world: only plain backgrounds, medium and large objects (curriculum)\n"
+            "  --per-image K     world: K training examples from each scene, each with its own\n"
+            "                    task (default 1); with a frozen tower (proj, llm, proj+llm,\n"
+            "                    lora) the tower runs once per scene: a faster step\n"
             "  --scene SPEC      world: draw only these scenes (curriculum), e.g.\n"
             "                    objects=1,bg=plain,tones=0,colors=red+green+blue,shapes=square,sizes=large\n"
             "                    (keys optional; names '+'-separated; tones 0-7; default all;\n"
@@ -193,6 +196,7 @@ int cmd_train(int argc, char **argv) {
         INTOPT("--eval-n", 0, 100000, p.eval_n)
         INTOPT("--log-every", 1, 100000000, ui.log_every)
         INTOPT("--max-objects", 0, 6, p.max_objects)
+        INTOPT("--per-image", 1, TL_MAX_PER_IMAGE, p.per_image)
         INTOPT("-t", 1, 256, p.n_threads)
         INTOPT("--image-size", 8, 4096, p.cfg.image_size)
         INTOPT("--patch", 1, 64, p.cfg.patch_size)
