@@ -103,6 +103,24 @@ static bool same_model(const char *a, const char *b, bool moments) {
     return ok;
 }
 
+/* Runs p (with its checkpoint at `part`) until it is cancelled after step `stop`, resumes that
+ * checkpoint to the end from its stored options alone, and says whether the result is the
+ * uninterrupted run's checkpoint `full`, bit for bit (moments too); *resumed records the resumed
+ * run's steps. */
+static bool stop_and_resume_same(tl_params p, const char *part, int stop, const char *full, recorder *resumed) {
+    char err[512];
+    p.out_path = NULL;
+    p.ckpt_path = part;
+    recorder r1 = {.stop_at = stop};
+    if (tl_train(&p, record, &r1, err, sizeof err) != MG_ERR_CANCELLED) return false;
+    tl_params q = tiny_params();
+    q.ckpt_path = part;
+    q.resume_path = part;
+    mg_status st = tl_train(&q, record, resumed, err, sizeof err);
+    if (st != MG_OK) printf("    resume: %s\n", err);
+    return st == MG_OK && same_model(full, part, true);
+}
+
 /* Stopping at step 4 and resuming gives the same bits as one uninterrupted run. */
 TEST(trainloop_resume_bit_identical) {
     char a[4096], b[4096], err[512];
@@ -913,15 +931,9 @@ TEST(trainloop_per_image) {
     p.per_image = 2;
     p.train_mask = TR_GROUP_PROJ | TR_GROUP_LLM;
     for (int t = 0; t < TL_N_TASKS; t++) p.task_weight[t] = 1.0f;
-    p.ckpt_path = b;
-    recorder r1 = {.stop_at = 2}, r2 = {0};
-    CHECK(tl_train(&p, record, &r1, err, sizeof err) == MG_ERR_CANCELLED);
-    tl_params q = tiny_params();
-    q.ckpt_path = b;
-    q.resume_path = b;
-    CHECK_MSG(tl_train(&q, record, &r2, err, sizeof err) == MG_OK, "%s", err);
-    CHECK_EQ_INT(r2.n, 2);
-    CHECK(same_model(a, b, true));
+    recorder resumed = {0};
+    CHECK(stop_and_resume_same(p, b, 2, a, &resumed));
+    CHECK_EQ_INT(resumed.n, 2);
     /* a folder of pairs has no scenes to share; out-of-range values are refused */
     tl_params bad = tiny_params();
     bad.per_image = TL_MAX_PER_IMAGE + 1;
@@ -1067,18 +1079,11 @@ TEST(trainloop_lora) {
     CHECK_MSG(mg_model_open(&em, lout, &mp, err, sizeof err) == MG_OK, "%s", err);
     mg_model_close(em);
     /* stop at step 2, resume: the same bits as the uninterrupted stage */
-    p.out_path = NULL;
-    p.ckpt_path = part;
-    recorder r2 = {.stop_at = 2}, r3 = {0};
-    CHECK(tl_train(&p, record, &r2, err, sizeof err) == MG_ERR_CANCELLED);
-    tl_params q = tiny_params();
-    q.resume_path = part;
-    q.ckpt_path = part;
-    CHECK_MSG(tl_train(&q, record, &r3, err, sizeof err) == MG_OK, "%s", err);
-    CHECK(same_model(lck, part, true));
+    recorder r3 = {0};
+    CHECK(stop_and_resume_same(p, part, 2, lck, &r3));
     CHECK(r3.n == 2 && r1.loss[2] == r3.loss[0] && r1.loss[3] == r3.loss[1]);
     /* --init from the checkpoint keeps its adapters (a rate of 1e-30 leaves them as they are) */
-    q = tiny_params();
+    tl_params q = tiny_params();
     q.seed = 77; /* fresh adapters would come from another seed */
     q.steps = 1;
     q.opt.lr = q.opt.lr_min = 1e-30f;
