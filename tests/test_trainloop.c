@@ -442,38 +442,37 @@ static bool demo_task_hits(mg_task task, const char *scene, int want, int *asked
     return true;
 }
 
+/* n held-out answers of the demo model to `task` on `scene`, at least `least` of them right
+ * (`what` names them in the failure message); skipped when the model is absent. */
+static void demo_task_at_least(mg_task task, const char *scene, int n, int least, const char *what) {
+    int asked = 0, hits = 0;
+    if (!demo_task_hits(task, scene, n, &asked, &hits)) return;
+    CHECK_EQ_INT(asked, n);
+    CHECK_MSG(hits >= least, "%d of %d held-out %s", hits, asked, what);
+}
+
+#define DEMO_SEVERAL_SHAPES "bg=plain,shapes=circle+square+triangle+star+diamond+cross,sizes=medium+large"
+
 /* One-object held-out scenes (the world of stage 11 of scripts/train_demo.sh): at least 9 of 10
  * [refer] answers with IoU > 0.5 (it scores 100% on 1,000 such scenes, docs/DEMO_MODEL.md). */
 TEST(demo_model_refer) {
-    int asked = 0, hits = 0;
-    if (!demo_task_hits(MG_TASK_REFER, WORLD_DEMO_SCENE, 10, &asked, &hits)) return;
-    CHECK_EQ_INT(asked, 10);
-    CHECK_MSG(hits >= 9, "%d of %d held-out [refer] answers with IoU > 0.5", hits, asked);
+    demo_task_at_least(MG_TASK_REFER, WORLD_DEMO_SCENE, 10, 9, "[refer] answers with IoU > 0.5");
 }
 
 /* Two or three objects (the world of the last stages): the named one of several. At least 14 of
  * 20 (it finds 92.6% of the two-object and 80.8% of the three-object expressions of 1,000
  * held-out scenes, and 16 of these 20; the session-12 model found about a third and fails here). */
 TEST(demo_model_refer_several) {
-    int asked = 0, hits = 0;
-    if (!demo_task_hits(MG_TASK_REFER, "objects=2-3,bg=plain,shapes=circle+square+triangle+star+diamond+cross,sizes=medium+large",
-                        20, &asked, &hits))
-        return;
-    CHECK_EQ_INT(asked, 20);
-    CHECK_MSG(hits >= 14, "%d of %d held-out [refer] answers on 2-3 objects with IoU > 0.5", hits, asked);
+    demo_task_at_least(MG_TASK_REFER, "objects=2-3," DEMO_SEVERAL_SHAPES, 20, 14,
+                       "[refer] answers on 2-3 objects with IoU > 0.5");
 }
 
 /* The other way on two or three objects: a box in, the name of the object in it out. At least
  * 13 of 20 (the model names 85.4% of the 1,669 one-to-three-object boxes of 1,000 held-out scenes;
  * the model of session 14, trained without the [identify] stage, named 49.6% and fails here). */
 TEST(demo_model_identify_several) {
-    int asked = 0, hits = 0;
-    if (!demo_task_hits(MG_TASK_IDENTIFY,
-                        "objects=2-3,bg=plain,shapes=circle+square+triangle+star+diamond+cross,sizes=medium+large", 20,
-                        &asked, &hits))
-        return;
-    CHECK_EQ_INT(asked, 20);
-    CHECK_MSG(hits >= 13, "%d of %d held-out [identify] answers on 2-3 objects name the object", hits, asked);
+    demo_task_at_least(MG_TASK_IDENTIFY, "objects=2-3," DEMO_SEVERAL_SHAPES, 20, 13,
+                       "[identify] answers on 2-3 objects name the object");
 }
 
 /* Captions of two objects: at least 12 of 20 name both objects, colour and shape, and nothing
@@ -482,13 +481,8 @@ TEST(demo_model_identify_several) {
  * these 20, and the session-15 model, whose last stage weighted captions less, for 42.4% and 8:
  * both fail here). */
 TEST(demo_model_caption_several) {
-    int asked = 0, hits = 0;
-    if (!demo_task_hits(MG_TASK_CAPTION,
-                        "objects=2,bg=plain,shapes=circle+square+triangle+star+diamond+cross,sizes=medium+large", 20,
-                        &asked, &hits))
-        return;
-    CHECK_EQ_INT(asked, 20);
-    CHECK_MSG(hits >= 12, "%d of %d held-out two-object captions name both objects", hits, asked);
+    demo_task_at_least(MG_TASK_CAPTION, "objects=2," DEMO_SEVERAL_SHAPES, 20, 12,
+                       "two-object captions name both objects");
 }
 
 /* Patch labels: a lone object's centre cell carries its colour and shape, far cells background. */
