@@ -288,6 +288,10 @@ static bool layout(world_scene *sc, rng_t *r, int n, const world_opts *op) {
         memset(o, 0, sizeof *o);
         o->shape = shapes[rng_int(r, n_shapes)];
         o->color = ok_colors[rng_int(r, n_ok)];
+        if (op && op->same > 0 && i > 0) { /* repeats (drawn only when asked: the world stays as it was) */
+            if (rng_int(r, 100) < op->same) o->shape = sc->objects[rng_int(r, i)].shape;
+            if (rng_int(r, 100) < op->same) o->color = sc->objects[rng_int(r, i)].color;
+        }
         o->size = sizes[rng_int(r, n_sizes)];
         o->r = s * rng_range(r, SIZE_R[o->size][0], SIZE_R[o->size][1]);
         o->angle = o->shape == WORLD_CIRCLE ? 0
@@ -1092,9 +1096,21 @@ mg_status world_opts_parse(const char *spec, world_opts *o, char *err, size_t er
             st = parse_names("size", v, vn, SIZES, WORLD_N_SIZES, &o->sizes, err, err_len);
         } else if (KEY("vqa")) {
             st = parse_names("vqa kind", v, vn, VQA_KINDS, WORLD_N_VQA, &o->vqa, err, err_len);
+        } else if (KEY("same")) {
+            int a = -1, used = 0;
+            char tmp[8];
+            if (vn > 0 && vn < sizeof tmp) {
+                memcpy(tmp, v, vn);
+                tmp[vn] = 0;
+                if (sscanf(tmp, "%d%n", &a, &used) != 1 || used != (int)vn) a = -1;
+            }
+            if (a < 0 || a > 100)
+                return mg_err(err, err_len, MG_ERR_INVALID_ARG, "scene: same=P needs a percent 0-100, not '%.*s'",
+                              (int)MG_MIN(vn, (size_t)40), v);
+            o->same = a;
         } else {
             return mg_err(err, err_len, MG_ERR_INVALID_ARG,
-                          "scene: unknown key '%.*s' (objects, bg, tones, colors, shapes, sizes, vqa)", (int)MG_MIN(kn, (size_t)40), p);
+                          "scene: unknown key '%.*s' (objects, bg, tones, colors, shapes, sizes, vqa, same)", (int)MG_MIN(kn, (size_t)40), p);
         }
 #undef KEY
         if (st != MG_OK) return st;
@@ -1134,6 +1150,10 @@ void world_opts_format(const world_opts *o, char *buf, size_t len) {
         format_mask(buf, len, "shapes", o->shapes, SHAPES, WORLD_N_SHAPES);
         format_mask(buf, len, "sizes", o->sizes, SIZES, WORLD_N_SIZES);
         format_mask(buf, len, "vqa", o->vqa, VQA_KINDS, WORLD_N_VQA);
+        if (o->same > 0) {
+            size_t at = strlen(buf);
+            if (at < len) snprintf(buf + at, len - at, "%ssame=%d", at ? "," : "", o->same);
+        }
     }
     if (!buf[0]) snprintf(buf, len, "all");
 }

@@ -88,6 +88,8 @@ typedef struct {
     unsigned shapes;              /* bit per shape */
     unsigned sizes;               /* bit per size class */
     unsigned vqa;                 /* bit per WORLD_VQA_* question kind (0: all) */
+    int same;                     /* 0-100: percent chance that an object after the first takes the
+                                   * shape of an earlier one, and (drawn apart) its colour (0: never) */
 } world_opts;
 
 /* The kinds of [vqa] question (world_opts.vqa; scene key vqa=count+color+shape+where+yesno). */
@@ -95,9 +97,10 @@ enum { WORLD_VQA_COUNT, WORLD_VQA_COLOR, WORLD_VQA_SHAPE, WORLD_VQA_WHERE, WORLD
 
 enum { WORLD_N_TONES = 8 };
 
-/* Parses "objects=1-2,bg=plain+gradient,tones=0+1,colors=red+blue,shapes=square,sizes=large,vqa=yesno"
+/* Parses "objects=1-2,bg=plain+gradient,tones=0+1,colors=red+blue,shapes=square,sizes=large,vqa=yesno,same=50"
  * (keys in any order, each optional; "all" or "" for everything). Unknown keys, names or ranges
- * fail with a message. vqa= does not change the scenes, only which [vqa] questions are asked. */
+ * fail with a message. vqa= does not change the scenes, only which [vqa] questions are asked;
+ * same= makes repeated shapes and colours commoner (counting). */
 mg_status world_opts_parse(const char *spec, world_opts *o, char *err, size_t err_len);
 /* The canonical spec of o ("all" for the full world) into buf. */
 void world_opts_format(const world_opts *o, char *buf, size_t len);

@@ -263,3 +263,50 @@ TEST(world_scene_vqa_kinds) {
     free(ea);
     free(eb);
 }
+
+/* same=P (scene key): with 100 every object repeats the first one's shape and colour; with 60,
+ * scenes with a repeated shape or colour are clearly commoner than without the key; 0 draws the
+ * world's own scenes bit for bit; bad percents fail with a message. */
+TEST(world_scene_same) {
+    world_opts o, all, all0, many;
+    char err[256], buf[256];
+    CHECK(world_opts_parse("objects=2-3,shapes=circle+star,same=40", &o, err, sizeof err) == MG_OK && o.same == 40);
+    world_opts_format(&o, buf, sizeof buf);
+    CHECK_MSG(!strcmp(buf, "objects=2-3,shapes=circle+star,same=40"), "format gave %s", buf);
+    const char *bad[] = {"same=101", "same=-1", "same=", "same=5x", "same=1000000000000"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        err[0] = 0;
+        CHECK(world_opts_parse(bad[i], &o, err, sizeof err) == MG_ERR_INVALID_ARG);
+        CHECK_MSG(strstr(err, "same=P") != NULL, "%s: %s", bad[i], err);
+    }
+    CHECK(world_opts_parse("objects=3,bg=plain,sizes=medium,same=100", &o, err, sizeof err) == MG_OK);
+    CHECK(world_opts_parse("objects=3,bg=plain,sizes=medium", &all, err, sizeof err) == MG_OK);
+    CHECK(world_opts_parse("objects=3,bg=plain,sizes=medium,same=0", &all0, err, sizeof err) == MG_OK);
+    CHECK(world_opts_parse("objects=3,bg=plain,sizes=medium,same=60", &many, err, sizeof err) == MG_OK);
+    int rep_world = 0, rep_many = 0, several = 0;
+    for (int k = 0; k < 60; k++) {
+        world_scene a, b, c, d;
+        CHECK(world_scene_generate_opts(&a, 9, (uint64_t)k, 96, false, &o, err, sizeof err) == MG_OK);
+        several += a.n_objects >= 2;
+        for (int i = 1; i < a.n_objects; i++)
+            CHECK(a.objects[i].shape == a.objects[0].shape && a.objects[i].color == a.objects[0].color);
+        CHECK(world_scene_generate_opts(&b, 9, (uint64_t)k, 96, false, &all, err, sizeof err) == MG_OK);
+        CHECK(world_scene_generate_opts(&c, 9, (uint64_t)k, 96, false, &all0, err, sizeof err) == MG_OK);
+        CHECK(b.n_objects == c.n_objects && memcmp(b.image.rgb, c.image.rgb, (size_t)96 * 96 * 3) == 0);
+        CHECK(world_scene_generate_opts(&d, 9, (uint64_t)k, 96, false, &many, err, sizeof err) == MG_OK);
+        for (int pass = 0; pass < 2; pass++) {
+            const world_scene *s = pass ? &d : &b;
+            bool rep = false;
+            for (int i = 0; i < s->n_objects; i++)
+                for (int j = 0; j < i; j++)
+                    rep |= s->objects[i].shape == s->objects[j].shape || s->objects[i].color == s->objects[j].color;
+            *(pass ? &rep_many : &rep_world) += rep;
+        }
+        world_scene_free(&a);
+        world_scene_free(&b);
+        world_scene_free(&c);
+        world_scene_free(&d);
+    }
+    CHECK_MSG(several >= 30, "only %d of 60 scenes with every object the same had two or more", several);
+    CHECK_MSG(rep_many >= rep_world + 15, "repeats: %d of 60 with same=60, %d without", rep_many, rep_world);
+}
