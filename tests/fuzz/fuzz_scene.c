@@ -22,7 +22,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         world_opts_format(&a, buf, sizeof buf);
         if (world_opts_parse(buf, &b, err, sizeof err) != MG_OK) abort();
         if (a.min_objects != b.min_objects || a.max_objects != b.max_objects || a.backgrounds != b.backgrounds ||
-            a.tones != b.tones || a.colors != b.colors || a.shapes != b.shapes || a.sizes != b.sizes || a.vqa != b.vqa)
+            a.tones != b.tones || a.colors != b.colors || a.shapes != b.shapes || a.sizes != b.sizes || a.vqa != b.vqa ||
+            a.same != b.same)
             abort();
         world_opts_format(&b, buf2, sizeof buf2);
         if (strcmp(buf, buf2)) abort();
