@@ -11,7 +11,6 @@
 
 static volatile unsigned sink;
 
-/* libFuzzer entry point: one input = one candidate .safetensors file. */
 /* The first value's bit pattern (a cast of a huge or NaN float to unsigned is undefined). */
 static unsigned first_bits(const float *x) {
     uint32_t b;
@@ -19,6 +18,7 @@ static unsigned first_bits(const float *x) {
     return b;
 }
 
+/* libFuzzer entry point: one input = one candidate .safetensors file. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char err[256] = "";
     ckpt_file *f;
@@ -34,7 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         float *x = malloc((size_t)t->n_elements * sizeof(float) + 1);
         if (raw && ckpt_read_raw(f, t, raw, bytes, err, sizeof err) == MG_OK && bytes) sink += raw[bytes - 1];
         if (x && ckpt_read_f32(f, t, x, t->n_elements, err, sizeof err) == MG_OK && t->n_elements)
-            sink += first_bits(x); /* the bits: any float, no conversion */
+            sink += first_bits(x);
         free(raw);
         free(x);
     }

@@ -12,7 +12,6 @@
 
 static volatile unsigned sink;
 
-/* libFuzzer entry point: one input = one candidate zip / torch.save file. */
 /* The first value's bit pattern (a cast of a huge or NaN float to unsigned is undefined). */
 static unsigned first_bits(const float *x) {
     uint32_t b;
@@ -20,6 +19,7 @@ static unsigned first_bits(const float *x) {
     return b;
 }
 
+/* libFuzzer entry point: one input = one candidate zip / torch.save file. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char err[256] = "";
     zip_archive z;
@@ -44,7 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             if (t->n_elements > (1 << 20)) continue;
             float *x = malloc((size_t)t->n_elements * sizeof(float) + 1);
             if (x && ckpt_read_f32(f, t, x, t->n_elements, err, sizeof err) == MG_OK && t->n_elements)
-                sink += first_bits(x); /* the bits: any float, no conversion */
+                sink += first_bits(x);
             free(x);
         }
         ckpt_close(f);
